@@ -1,0 +1,125 @@
+"""Atomic save / exact resume of training state; Hugging Face export.
+
+A checkpoint is a directory ``OUTPUT_DIR/checkpoints/checkpoint-00000100`` holding
+
+- what ``accelerator.save_state`` writes (model as safetensors, optimizer, RNG states of every rank),
+- ``rank_state_R.json`` per rank (data-stream position, shuffle buffer, mask generator),
+- ``loop_state.json`` (step, tokens seen, elapsed time, ...), written last.
+
+It is written under a temporary name and renamed into place only when complete, so a crash mid-save leaves at
+worst a ``.tmp-*`` directory that is never picked up; ``find_latest_checkpoint`` only accepts directories with
+``loop_state.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+LOOP_STATE = "loop_state.json"
+
+
+def checkpoints_root(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def write_json_atomic(path: Path, payload) -> None:
+    """Write JSON to ``path`` via a temporary file + fsync + rename: readers see the old or the new file, whole."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "w") as handle:
+        json.dump(payload, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def _fsync_directory(path: Path) -> None:
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints (those with loop_state.json), oldest first."""
+    root = checkpoints_root(output_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for entry in root.iterdir():
+        match = CHECKPOINT_PATTERN.match(entry.name)
+        if match and (entry / LOOP_STATE).is_file():
+            found.append((int(match.group(1)), entry))
+    return sorted(found)
+
+
+def find_latest_checkpoint(output_dir: str | Path) -> Path | None:
+    checkpoints = list_checkpoints(output_dir)
+    return checkpoints[-1][1] if checkpoints else None
+
+
+def resolve_resume(resume_from_checkpoint: str | None, output_dir: str | Path) -> Path | None:
+    """'auto' -> newest complete checkpoint (or None); a path -> that checkpoint, which must be complete."""
+    if not resume_from_checkpoint:
+        return None
+    if resume_from_checkpoint == "auto":
+        return find_latest_checkpoint(output_dir)
+    path = Path(resume_from_checkpoint)
+    if not (path / LOOP_STATE).is_file():
+        raise ValueError(f"training.resume_from_checkpoint={str(path)!r} is not a complete checkpoint (no {LOOP_STATE}); "
+                         f"use 'auto' or one of {[str(p) for _, p in list_checkpoints(output_dir)][-3:]}")
+    return path
+
+
+def save_checkpoint(accelerator, output_dir: str | Path, step: int, loop_state: dict, rank_state: dict, keep: int) -> Path:
+    """Save a complete checkpoint for ``step`` atomically; keep the newest ``keep``. Call on every rank."""
+    root = checkpoints_root(output_dir)
+    final = root / f"checkpoint-{step:08d}"
+    temporary = root / f".tmp-checkpoint-{step:08d}"
+    if accelerator.is_main_process:
+        if temporary.exists():
+            shutil.rmtree(temporary)
+        temporary.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(temporary), safe_serialization=True)
+    write_json_atomic(temporary / f"rank_state_{accelerator.process_index}.json", rank_state)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_json_atomic(temporary / LOOP_STATE, loop_state)
+        _fsync_directory(temporary)
+        if final.exists():  # the same step saved again (resume then immediate save): replace it whole
+            shutil.rmtree(final)
+        os.replace(temporary, final)
+        _fsync_directory(root)
+        for _, old in list_checkpoints(output_dir)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator, path: Path) -> tuple[dict, dict]:
+    """Restore model / optimizer / RNG through Accelerate; return (loop_state, this rank's state)."""
+    accelerator.load_state(str(path))
+    loop_state = json.loads((path / LOOP_STATE).read_text())
+    rank_file = path / f"rank_state_{accelerator.process_index}.json"
+    if not rank_file.is_file():
+        raise ValueError(f"{path} has no state for rank {accelerator.process_index}; resume with the same number of processes")
+    return loop_state, json.loads(rank_file.read_text())
+
+
+def export_model(accelerator, model, tokenizer, output_dir: str | Path) -> None:
+    """Write the model (safetensors + config) and tokenizer so the Auto classes and pipelines load ``output_dir``."""
+    unwrapped = accelerator.unwrap_model(model)
+    state_dict = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        unwrapped.save_pretrained(output_dir, state_dict=state_dict, safe_serialization=True)
+        tokenizer.save_pretrained(output_dir)
+    accelerator.wait_for_everyone()

@@ -1,0 +1,320 @@
+"""Typed configs: one dataclass per concern, loaded from YAML with dotted command-line overrides.
+
+    config = load_config(PretrainConfig, "recipes/tiny-cpu.yaml", ["training.max_steps=50", "output_dir=runs/x"])
+
+Unknown keys are errors that suggest the nearest known key; values are converted to the field's type; cross-field
+contradictions are rejected in ``check()`` before any work starts. Every field's help text is shown by
+``sslnlp pretrain --help``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A user mistake in a config: one line that names the key and what to do."""
+
+
+def option(default=None, help: str = "", **kwargs):  # noqa: A002 - "help" reads best in field declarations
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kwargs)
+    return field(default=default, metadata={"help": help}, **kwargs)
+
+
+@dataclass
+class DataConfig:
+    train_files: Any = option("sslnlp:python-docs", "Training text: path, glob, directory, list of them, Hub dataset "
+                              "name, or 'sslnlp:python-docs' (docstrings of Python's own library: works offline).")
+    mixture_weights: list = option([], "One weight per train_files entry: sample a weighted mixture of the sources.")
+    validation_files: Any = option(None, "Held-out text for evaluation (same forms as train_files).")
+    validation_holdout_every: int = option(0, "Without validation_files: hold out every N-th training document "
+                                              "for evaluation (0: none).")
+    dataset_config_name: str | None = option(None, "Hub dataset configuration name.")
+    dataset_split: str = option("train", "Hub dataset split for training.")
+    text_field: str = option("text", "JSON key / column holding the text.")
+    document_separator: str = option("line", "Plain text files: 'line' (a document per line) or 'blank_line'.")
+    on_bad_record: str = option("error", "Malformed record: 'error' (stop, naming file and line) or 'skip' (count).")
+    max_document_bytes: int = option(16 * 2**20, "Longest record accepted from a file.")
+    max_seq_length: int = option(128, "Tokens per packed block, special tokens included.")
+    shuffle_buffer_size: int = option(2048, "Blocks held in the shuffle buffer (0: stream order).")
+    documents_per_batch: int = option(64, "Documents tokenized per batched tokenizer call.")
+    num_workers: int = option(0, "DataLoader worker processes per rank (0: tokenize in the main process).")
+    seed: int = option(0, "Seed of the mixture and the shuffle buffer.")
+
+
+@dataclass
+class TokenizerConfig:
+    tokenizer_name_or_path: str | None = option(None, "Existing tokenizer directory or Hub name; None trains one.")
+    kind: str = option("wordpiece", "Tokenizer to train: wordpiece, bpe or unigram.")
+    vocab_size: int = option(8192, "Vocabulary size to train (rounded up to a multiple of 64).")
+    min_frequency: int = option(2, "Minimum frequency of a merge / word piece.")
+    training_documents: int = option(20000, "Train the tokenizer on the first N documents of the corpus.")
+    lowercase: bool | None = option(None, "Lowercase text (default: true for wordpiece, false otherwise).")
+
+
+@dataclass
+class MaskingConfig:
+    objective: str = option("mlm", "'mlm' (masked LM, encoders) or 'clm' (next-token prediction, decoders).")
+    mlm_probability: float = option(0.15, "Fraction of tokens to predict (mlm).")
+    mask_replace_probability: float = option(0.8, "Of the chosen tokens, fraction replaced by the mask token.")
+    random_replace_probability: float = option(0.1, "Of the chosen tokens, fraction replaced by a random token.")
+    masking: str = option("token", "'token', 'whole_word' or 'span' (SpanBERT) masking.")
+    fixed_mask_count: bool = option(False, "Mask exactly round(p x tokens) per sequence (static shapes).")
+    mean_span_length: float = option(3.8, "Span masking: mean span length in words.")
+    max_span_length: int = option(10, "Span masking: longest span in words.")
+
+
+@dataclass
+class ModelConfig:
+    model_type: str = option("bert", "transformers model type built from scratch (bert, roberta, modernbert, gpt2, "
+                                     "llama, ...), ignored when model_name_or_path is set.")
+    model_name_or_path: str | None = option(None, "Checkpoint to continue pretraining from (directory or Hub name).")
+    config_overrides: dict = option({}, "Architecture settings passed to the model config (hidden_size, "
+                                        "num_hidden_layers, ...).")
+    attn_implementation: str = option("sdpa", "Attention kernel: sdpa, eager, flash_attention_2, ...")
+    pad_vocab_to_multiple_of: int = option(64, "Round the embedding matrix's rows up to this multiple.")
+    sparse_prediction: bool = option(True, "mlm: run the output head on the masked positions only (faster).")
+    trust_remote_code: bool = option(False, "Allow code from the checkpoint's repository to run.")
+
+
+@dataclass
+class TrainingConfig:
+    seed: int = option(42, "Seed of model initialisation and masking.")
+    per_device_train_batch_size: int = option(32, "Blocks per device per micro-batch.")
+    gradient_accumulation_steps: int = option(1, "Micro-batches per optimizer step.")
+    learning_rate: float = option(5e-4, "Peak learning rate.")
+    weight_decay: float = option(0.01, "AdamW weight decay (never on biases and norms).")
+    adam_beta1: float = option(0.9, "AdamW beta1.")
+    adam_beta2: float = option(0.98, "AdamW beta2.")
+    adam_epsilon: float = option(1e-6, "AdamW epsilon.")
+    max_grad_norm: float = option(1.0, "Gradient clipping norm (0: off).")
+    lr_scheduler_type: str = option("linear", "linear, cosine, constant or wsd (warmup-stable-decay).")
+    warmup_ratio: float = option(0.06, "Warmup as a fraction of the budget (ignored when warmup_steps > 0).")
+    warmup_steps: int = option(0, "Warmup steps.")
+    decay_ratio: float = option(0.2, "wsd: fraction of the budget spent decaying at the end.")
+    min_lr_ratio: float = option(0.0, "Final learning rate as a fraction of the peak.")
+    max_steps: int = option(0, "Budget in optimizer steps (0: not set).")
+    max_tokens: int = option(0, "Budget in training tokens (0: not set).")
+    max_time: float = option(0, "Budget in seconds of training (wall clock, 0: not set); the schedule follows it.")
+    mixed_precision: str = option("no", "'no', 'bf16' or 'fp16' (via Accelerate).")
+    logging_steps: int = option(10, "Log training metrics every N steps.")
+    save_steps: int = option(0, "Save a checkpoint every N steps (0: only at the end).")
+    save_total_limit: int = option(2, "Keep the newest N checkpoints.")
+    resume_from_checkpoint: str | None = option(None, "'auto' (newest complete checkpoint in output_dir), a "
+                                                      "checkpoint directory, or None.")
+    report_to: list = option([], "Accelerate trackers: tensorboard, wandb, mlflow, ...")
+    torch_compile: bool = option(False, "Compile the model with torch.compile.")
+
+
+@dataclass
+class EvaluationConfig:
+    eval_steps: int = option(0, "Evaluate every N steps (0: only at the end, when there is held-out text).")
+    eval_blocks: int = option(256, "Held-out blocks per evaluation.")
+    per_device_eval_batch_size: int = option(32, "Blocks per evaluation batch.")
+    eval_mlm_probability: float = option(0.15, "Masking rate of evaluation (fixed, so runs compare).")
+    eval_seed: int = option(1234, "Seed of the evaluation masks (fixed, so runs compare).")
+
+
+@dataclass
+class PretrainConfig:
+    output_dir: str = option("runs/pretrain", "Run directory: checkpoints, metrics, final model.")
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+
+    def check(self) -> None:
+        """Reject contradictions before any work starts (model-dependent checks happen when the model config loads)."""
+        choices = {
+            "masking.objective": (self.masking.objective, ("mlm", "clm")),
+            "masking.masking": (self.masking.masking, ("token", "whole_word", "span")),
+            "tokenizer.kind": (self.tokenizer.kind, ("wordpiece", "bpe", "unigram")),
+            "training.lr_scheduler_type": (self.training.lr_scheduler_type, ("linear", "cosine", "constant", "wsd")),
+            "training.mixed_precision": (self.training.mixed_precision, ("no", "bf16", "fp16")),
+            "data.document_separator": (self.data.document_separator, ("line", "blank_line")),
+            "data.on_bad_record": (self.data.on_bad_record, ("error", "skip")),
+        }
+        for key, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ConfigError(f"{key}={value!r} is not valid; choose one of {', '.join(allowed)}")
+        training = self.training
+        if not (training.max_steps or training.max_tokens or training.max_time):
+            raise ConfigError("no training budget: set training.max_steps, training.max_tokens or training.max_time")
+        for key in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+            if getattr(training, key) < 1:
+                raise ConfigError(f"training.{key} must be >= 1")
+        if self.data.max_seq_length < 8:
+            raise ConfigError(f"data.max_seq_length={self.data.max_seq_length} is too short; use at least 8")
+        if self.masking.objective == "clm" and self.masking.masking != "token":
+            raise ConfigError(f"masking.masking={self.masking.masking!r} applies to objective 'mlm' only")
+        if self.masking.fixed_mask_count and self.masking.masking != "token":
+            raise ConfigError("masking.fixed_mask_count works with masking.masking='token' only")
+        if self.data.mixture_weights and not isinstance(self.data.train_files, list):
+            raise ConfigError("data.mixture_weights needs data.train_files to be a list with one entry per weight")
+        if self.data.mixture_weights and len(self.data.mixture_weights) != len(self.data.train_files):
+            raise ConfigError(f"data.mixture_weights has {len(self.data.mixture_weights)} weights for "
+                              f"{len(self.data.train_files)} data.train_files entries; give one weight per entry")
+        if not 0 <= training.warmup_ratio < 1 or not 0 <= training.decay_ratio <= 1:
+            raise ConfigError("training.warmup_ratio must be in [0, 1) and training.decay_ratio in [0, 1]")
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+
+
+def _field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _convert(value: Any, annotation: Any, key: str) -> Any:
+    """Convert a YAML / command-line value to the field's type (YAML reads 5e-4 as a string, for example)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        arguments = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and type(None) in typing.get_args(annotation)):
+            return None
+        annotation = arguments[0] if len(arguments) == 1 else Any
+    if annotation is Any or value is None:
+        return value
+    try:
+        if annotation is bool:
+            if isinstance(value, str):
+                if value.lower() in ("true", "yes", "1", "on"):
+                    return True
+                if value.lower() in ("false", "no", "0", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if annotation is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(float(value)) if isinstance(value, str) and re.fullmatch(r"[\d.]+e\d+", value) else int(value)
+        if annotation is float:
+            return float(value)
+        if annotation is str:
+            return str(value)
+        if annotation in (list, dict) or typing.get_origin(annotation) in (list, dict):
+            if isinstance(value, str):
+                value = yaml.safe_load(value)
+            expected = typing.get_origin(annotation) or annotation
+            if expected is list and not isinstance(value, list):
+                value = [value]
+            if not isinstance(value, expected):
+                raise ValueError(value)
+            return value
+    except (TypeError, ValueError):
+        name = getattr(annotation, "__name__", str(annotation))
+        raise ConfigError(f"{key}={value!r} is not a valid {name}") from None
+    return value
+
+
+def _unknown_key(key: str, known: list[str], where: str) -> ConfigError:
+    guess = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+    hint = f"; did you mean {guess[0]!r}?" if guess else f"; known keys: {', '.join(known)}"
+    return ConfigError(f"unknown config key {where + key!r}{hint}")
+
+
+def build(cls, values: dict, prefix: str = ""):
+    """Build dataclass ``cls`` from a nested dict, converting types and rejecting unknown keys."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping of keys to values, got {values!r}")
+    types_of = _field_types(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            raise _unknown_key(key, _all_keys(cls) if not prefix else known, prefix)
+        annotation = types_of[key]
+        if dataclasses.is_dataclass(annotation):
+            kwargs[key] = build(annotation, value or {}, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _convert(value, annotation, prefix + key)
+    return cls(**kwargs)
+
+
+def _all_keys(cls, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(cls):
+        annotation = _field_types(cls)[f.name]
+        if dataclasses.is_dataclass(annotation):
+            keys.append(prefix + f.name)
+            keys.extend(_all_keys(annotation, f"{prefix}{f.name}."))
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def apply_overrides(values: dict, overrides: list[str], cls) -> dict:
+    """Apply ``dotted.key=value`` overrides to a nested dict. A top-level key of a section may be written without
+    the section when it is unique (``max_steps=10`` for ``training.max_steps=10``); ``output_dir=...`` is top level."""
+    leaf_sections = {}
+    for dotted in _all_keys(cls):
+        parts = dotted.split(".")
+        leaf_sections.setdefault(parts[-1], []).append(dotted)
+    for override in overrides:
+        if "=" not in override:
+            raise ConfigError(f"override {override!r} must look like key=value, e.g. training.max_steps=100")
+        key, raw = override.split("=", 1)
+        if "." not in key and key not in [f.name for f in dataclasses.fields(cls)] and len(leaf_sections.get(key, [])) == 1:
+            key = leaf_sections[key][0]
+        if key not in _all_keys(cls):
+            raise _unknown_key(key, _all_keys(cls), "")
+        target = values
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(target.get(part), dict):
+                target[part] = {}
+            target = target[part]
+        target[parts[-1]] = yaml.safe_load(raw) if raw != "" else None
+    return values
+
+
+def load_config(cls, path: str | Path | None = None, overrides: list[str] | None = None):
+    """Load a config from a YAML file (safe loader) with dotted overrides; None starts from the defaults."""
+    values: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"recipe {str(path)!r} does not exist; see recipes/ for examples")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f":{mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}{where}: invalid YAML ({getattr(error, 'problem', error)})") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: a recipe must be a mapping of sections to settings")
+    values = apply_overrides(values, list(overrides or []), cls)
+    try:
+        config = build(cls, values)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}" if path else str(error)) from None
+    return config
+
+
+def to_dict(config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def describe(cls, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, default, help) for every field: the CLI's --help."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        annotation = _field_types(cls)[f.name]
+        if dataclasses.is_dataclass(annotation):
+            rows.extend(describe(annotation, f"{prefix}{f.name}."))
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            rows.append((prefix + f.name, repr(default), f.metadata.get("help", "")))
+    return rows

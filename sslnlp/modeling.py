@@ -1,0 +1,175 @@
+"""Hugging Face models for pretraining: built from a config or a checkpoint; losses; FLOPs per token.
+
+Models are always ``transformers`` architectures (``AutoModelForMaskedLM`` / ``AutoModelForCausalLM``), never our
+own transformer. What we add is the sparse masked-LM loss: the output head (transform + vocabulary projection) runs
+on the masked positions only, for any encoder family, by narrowing the encoder's output to those positions before
+the head sees it. With 15% masking and a 30k vocabulary that removes most of the head's FLOPs.
+"""
+
+from __future__ import annotations
+
+import logging
+import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+# Model types whose learned position table reserves the first (padding_idx + 1) rows.
+OFFSET_POSITION_MODEL_TYPES = {"roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text", "xmod", "ernie_m"}
+
+
+class ModelError(ValueError):
+    """A user mistake about the model: one line naming the setting and what to do."""
+
+
+def objective_of_model_type(model_type: str) -> set[str]:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    objectives = set()
+    if model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        objectives.add("mlm")
+    if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        objectives.add("clm")
+    return objectives
+
+
+def usable_positions(config) -> int | None:
+    """How many tokens a sequence may have under this config's position embeddings (None: unlimited)."""
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, name, None)
+        if value:
+            if config.model_type in OFFSET_POSITION_MODEL_TYPES:
+                return value - (config.pad_token_id or 0) - 1
+            return value
+    return None
+
+
+def build_model_config(model_options, tokenizer, objective: str, max_seq_length: int):
+    """The transformers config for a run, checked against the objective, tokenizer and sequence length.
+
+    Args:
+        model_options: a ``ModelConfig`` (model_type / model_name_or_path, config_overrides, ...).
+        tokenizer: the run's tokenizer (vocabulary size and special ids come from it).
+        objective: 'mlm' or 'clm'.
+        max_seq_length: block length of the data.
+    """
+    from transformers import AutoConfig
+
+    if model_options.model_name_or_path:
+        try:
+            config = AutoConfig.from_pretrained(model_options.model_name_or_path, trust_remote_code=model_options.trust_remote_code)
+        except Exception as error:
+            raise ModelError(f"model.model_name_or_path={model_options.model_name_or_path!r} is not a loadable model "
+                             f"({str(error).splitlines()[0][:200]}); give a directory with config.json") from None
+        for key, value in model_options.config_overrides.items():
+            setattr(config, key, value)
+    else:
+        multiple = max(1, model_options.pad_vocab_to_multiple_of)
+        vocab_size = -(-len(tokenizer) // multiple) * multiple
+        special = {name: getattr(tokenizer, f"{name}_id") for name in ("pad_token", "bos_token", "eos_token", "sep_token", "cls_token")}
+        special = {f"{name}_id": value for name, value in special.items() if value is not None}
+        try:
+            config = AutoConfig.for_model(model_options.model_type, vocab_size=vocab_size, **special,
+                                          **model_options.config_overrides)
+        except ValueError as error:
+            raise ModelError(f"model.model_type={model_options.model_type!r}: {str(error).splitlines()[0][:200]}") from None
+    if objective not in objective_of_model_type(config.model_type):
+        kind = "masked-LM (mlm)" if objective == "mlm" else "causal-LM (clm)"
+        raise ModelError(f"model type {config.model_type!r} has no {kind} head; for masking.objective={objective!r} use "
+                         + ("an encoder such as bert, roberta or modernbert" if objective == "mlm" else "a decoder such as gpt2 or llama"))
+    if config.vocab_size < len(tokenizer):
+        raise ModelError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary has {config.vocab_size}; "
+                         "use the tokenizer the checkpoint was trained with")
+    positions = usable_positions(config)
+    if positions is not None and max_seq_length > positions:
+        raise ModelError(f"data.max_seq_length={max_seq_length} exceeds the model's {positions} positions; lower it or "
+                         "raise model.config_overrides.max_position_embeddings")
+    return config
+
+
+def build_model(model_options, config, objective: str):
+    """Instantiate the model (random init from ``config``, or the checkpoint's weights)."""
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    auto = AutoModelForMaskedLM if objective == "mlm" else AutoModelForCausalLM
+    kwargs = {"attn_implementation": model_options.attn_implementation}
+    if model_options.model_name_or_path:
+        return auto.from_pretrained(model_options.model_name_or_path, config=config,
+                                    trust_remote_code=model_options.trust_remote_code, **kwargs)
+    return auto.from_config(config, trust_remote_code=model_options.trust_remote_code, **kwargs)
+
+
+class SparseMaskedLMHead:
+    """Runs an MLM model's head on selected positions only, for any architecture whose head is position-wise.
+
+    A forward hook on the encoder (``model.base_model``) replaces its ``last_hidden_state`` [B, L, H] by the rows
+    at ``positions`` [1, N, H]; the model's own head then produces logits [1, N, V]. Call ``forward`` instead of
+    ``model(**batch)``.
+    """
+
+    def __init__(self, model):
+        self.positions: torch.Tensor | None = None
+        self.handle = model.base_model.register_forward_hook(self._narrow)
+
+    def _narrow(self, module, inputs, output):
+        if self.positions is None:
+            return output
+        hidden = output[0]  # [B, L, H]
+        narrowed = hidden.reshape(-1, hidden.shape[-1]).index_select(0, self.positions).unsqueeze(0)  # [1, N, H]
+        if isinstance(output, tuple):
+            return (narrowed,) + tuple(output[1:])
+        output["last_hidden_state"] = narrowed
+        return output
+
+    def forward(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(summed cross-entropy, logits [N, V], targets [N]) over the positions with labels."""
+        labels = batch["labels"].reshape(-1)
+        self.positions = torch.nonzero(labels != -100).flatten()
+        try:
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            logits = model(**inputs).logits.reshape(-1, model_vocab_size(model))  # [N, V]
+        finally:
+            self.positions = None
+        targets = labels[labels != -100]
+        return F.cross_entropy(logits.float(), targets, reduction="sum"), logits, targets
+
+
+def model_vocab_size(model) -> int:
+    return getattr(model, "module", model).config.vocab_size
+
+
+def dense_loss(model, batch: dict, objective: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(summed cross-entropy, logits [N, V], targets [N]) with the model's full head (the reference path)."""
+    labels = batch["labels"]
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs).logits  # [B, L, V]
+    if objective == "clm":  # position t predicts token t + 1
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    logits = logits.reshape(-1, logits.shape[-1])
+    labels = labels.reshape(-1)
+    keep = labels != -100
+    return F.cross_entropy(logits[keep].float(), labels[keep], reduction="sum"), logits[keep], labels[keep]
+
+
+def count_targets(batch: dict, objective: str) -> int:
+    labels = batch["labels"]
+    if objective == "clm":
+        labels = labels[:, 1:]
+    return int((labels != -100).sum())
+
+
+def flops_per_token(config, sequence_length: int, predicted_fraction: float = 1.0) -> float:
+    """Training FLOPs per input token (forward + backward = 3 x forward), attention included.
+
+    Matrix multiplies: 2 FLOPs per multiply-add. Per layer and token: QKV and output projections 8 h^2, MLP
+    2 x 2 h i (x 1.5 for gated MLPs), attention scores and values 4 L h. The vocabulary projection 2 h V (plus the
+    MLM transform 2 h^2) runs on ``predicted_fraction`` of the tokens (the sparse head's share).
+    """
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd")
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer")
+    intermediate = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * hidden
+    gated = config.model_type in {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "modernbert", "olmo", "phi3"}
+    mlp = 2 * 2 * hidden * intermediate * (1.5 if gated else 1.0)
+    per_layer = 8 * hidden**2 + mlp + 4 * sequence_length * hidden
+    head = (2 * hidden * config.vocab_size + 2 * hidden**2) * predicted_fraction
+    return 3.0 * (layers * per_layer + head)

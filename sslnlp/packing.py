@@ -1,0 +1,314 @@
+"""Tokenize documents and pack them into fixed-length blocks; shard by rank and DataLoader worker; resume exactly.
+
+Data flow (one direction only):
+
+    Corpus.iter_documents(shard)                    documents of this shard, with resumable positions
+      -> tokenize a batch of documents                (fast tokenizer, batched, no special tokens)
+      -> join with the separator (MLM) or EOS (CLM)   and append to the carry-over of the previous batch
+      -> cut blocks of exactly max_seq_length         ([CLS] content [SEP] per block for encoders)
+      -> one "chunk" per document batch               (in a DataLoader worker, with the shard's state after it)
+    BlockStream (main process)
+      -> shuffle buffer (seeded) -> batches of blocks -> collator
+
+Nothing is dropped: the tokens left over after the last full block carry over to the next document batch, and to
+the next epoch. The state of a shard after a chunk is tiny (corpus position, epoch, carry-over tokens), so every chunk
+carries it and the main process always knows the state of what it consumed; ``BlockStream.state_dict()`` adds the
+shuffle buffer and its RNG, and resuming from it re-reads nothing that was consumed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from sslnlp.corpus import Corpus, CorpusError
+
+logger = logging.getLogger(__name__)
+
+
+def block_specials(tokenizer, objective: str) -> tuple[list[int], list[int], int]:
+    """(prefix ids, suffix ids, document separator id) for packed blocks of an objective."""
+    if objective == "mlm":
+        start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+        end = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+        if start is None or end is None:
+            raise ValueError("masked-LM packing needs a tokenizer with cls/sep (or bos/eos) tokens")
+        return [start], [end], end
+    if objective == "clm":
+        eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+        if eos is None:
+            raise ValueError("next-token packing needs a tokenizer with an eos token")
+        return [], [], eos
+    raise ValueError(f"unknown objective {objective!r}; choose one of ('mlm', 'clm')")
+
+
+class BlockPacker:
+    """Appends tokenized documents to a carry-over buffer and cuts exact-length blocks. Pure numpy, no I/O.
+
+    Word starts (True on the first token of each word) travel with the tokens so whole-word and span masking work
+    on packed blocks; a word cut by a block boundary continues, without a start flag, at the top of the next block.
+    """
+
+    def __init__(self, max_seq_length: int, prefix: list[int], suffix: list[int], separator: int, with_word_starts: bool):
+        self.content_length = max_seq_length - len(prefix) - len(suffix)
+        if self.content_length < 1:
+            raise ValueError(f"max_seq_length={max_seq_length} leaves no room for tokens between the block's special tokens")
+        self.prefix = np.asarray(prefix, dtype=np.int32)
+        self.suffix = np.asarray(suffix, dtype=np.int32)
+        self.separator = separator
+        self.with_word_starts = with_word_starts
+        self.carry_ids = np.zeros(0, dtype=np.int32)
+        self.carry_starts = np.zeros(0, dtype=bool)
+
+    def add(self, documents_ids: list[list[int]], documents_starts: list[np.ndarray] | None):
+        """Add documents; return (input_ids [n, L] int32, word_starts [n, L] bool or None) for the full blocks."""
+        pieces = [self.carry_ids]
+        for ids in documents_ids:
+            pieces.append(np.asarray(ids, dtype=np.int32))
+            pieces.append(np.asarray([self.separator], dtype=np.int32))
+        stream = np.concatenate(pieces)
+        starts = None
+        if self.with_word_starts:
+            start_pieces = [self.carry_starts]
+            for word_starts in documents_starts:
+                start_pieces.append(word_starts)
+                start_pieces.append(np.zeros(1, dtype=bool))  # the separator belongs to no word
+            starts = np.concatenate(start_pieces)
+        return self._cut(stream, starts)
+
+    def _cut(self, stream: np.ndarray, starts: np.ndarray | None, flush: bool = False):
+        count = len(stream) // self.content_length
+        used = count * self.content_length
+        self.carry_ids = stream[used:]
+        content = stream[:used].reshape(count, self.content_length)
+        blocks = np.concatenate([np.broadcast_to(self.prefix, (count, len(self.prefix))), content,
+                                 np.broadcast_to(self.suffix, (count, len(self.suffix)))], axis=1)
+        block_starts = None
+        if starts is not None:
+            self.carry_starts = starts[used:]
+            block_starts = np.zeros(blocks.shape, dtype=bool)
+            block_starts[:, len(self.prefix): len(self.prefix) + self.content_length] = starts[:used].reshape(count, -1)
+        return blocks, block_starts
+
+    def state(self) -> dict:
+        return {"carry_ids": self.carry_ids.tolist(), "carry_starts": self.carry_starts.tolist()}
+
+    def load_state(self, state: dict) -> None:
+        self.carry_ids = np.asarray(state["carry_ids"], dtype=np.int32)
+        self.carry_starts = np.asarray(state["carry_starts"], dtype=bool)
+
+
+def word_starts_of(encoding) -> np.ndarray:
+    """Boolean array [num_tokens]: True where a token starts a new word (word ids from the pre-tokenizer)."""
+    word_ids = np.asarray([-1 if w is None else w for w in encoding.word_ids], dtype=np.int64)
+    starts = np.ones(len(word_ids), dtype=bool)
+    starts[1:] = word_ids[1:] != word_ids[:-1]
+    return starts
+
+
+class PackedBlocks(torch.utils.data.IterableDataset):
+    """Yields chunks of packed blocks for this rank's shards (one shard per DataLoader worker).
+
+    Each chunk is a dict: ``input_ids`` int32 [n, L], ``word_starts`` bool [n, L] (or absent), ``shard`` (global shard
+    index) and ``state`` (that shard's state after the chunk). Set ``shard_states`` / ``worker_rotation`` before
+    iterating to resume (``BlockStream`` does this).
+
+    Args:
+        corpus: the document stream.
+        tokenizer: a fast ``transformers`` tokenizer.
+        max_seq_length: block length L, special tokens included.
+        objective: 'mlm' ([CLS] ... [SEP] blocks, [SEP] between documents) or 'clm' (EOS after each document).
+        with_word_starts: also return word starts (needed by whole-word and span masking).
+        rank, world_size: this process's place among the distributed ranks.
+        num_workers: DataLoader workers per rank (0: the main process reads one shard).
+        documents_per_batch: documents tokenized per call of the batched tokenizer (one chunk).
+        repeat: start a new epoch when the shard runs out (training); False ends after one pass and emits the final
+            partial block, padded (evaluation).
+    """
+
+    def __init__(self, corpus: Corpus, tokenizer, max_seq_length: int, *, objective: str = "mlm",
+                 with_word_starts: bool = False, rank: int = 0, world_size: int = 1, num_workers: int = 0,
+                 documents_per_batch: int = 64, repeat: bool = True):
+        super().__init__()
+        self.corpus = corpus
+        self.tokenizer = tokenizer
+        self.backend = tokenizer.backend_tokenizer if hasattr(tokenizer, "backend_tokenizer") else tokenizer._tokenizer
+        self.max_seq_length = max_seq_length
+        self.objective = objective
+        self.prefix, self.suffix, self.separator = block_specials(tokenizer, objective)
+        self.with_word_starts = with_word_starts
+        self.rank, self.world_size = rank, world_size
+        self.workers_per_rank = max(1, num_workers)
+        self.documents_per_batch = documents_per_batch
+        self.repeat = repeat
+        self.shard_states: dict[int, dict] = {}
+        self.worker_rotation = 0
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.separator
+
+    @property
+    def shard_count(self) -> int:
+        return self.world_size * self.workers_per_rank
+
+    def shards_of_rank(self) -> list[int]:
+        return [self.rank * self.workers_per_rank + slot for slot in range(self.workers_per_rank)]
+
+    def __iter__(self) -> Iterator[dict]:
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info is not None else 0
+        slot = (worker + self.worker_rotation) % self.workers_per_rank
+        shard = self.rank * self.workers_per_rank + slot
+        return self.iter_shard(shard, self.shard_states.get(shard))
+
+    def iter_shard(self, shard: int, state: dict | None = None) -> Iterator[dict]:
+        """Chunks of one shard, resuming after ``state`` (a ``chunk['state']`` seen earlier) when given."""
+        packer = BlockPacker(self.max_seq_length, self.prefix, self.suffix, self.separator, self.with_word_starts)
+        epoch, position = 0, None
+        if state:
+            epoch, position = state["epoch"], state["position"]
+            packer.load_state(state["packer"])
+        while True:
+            documents_in_epoch = 0
+            stream = self.corpus.iter_documents(position, shard, self.shard_count)
+            while True:
+                batch = list(itertools.islice(stream, self.documents_per_batch))
+                if not batch:
+                    break
+                documents_in_epoch += len(batch)
+                position = batch[-1][1]
+                encodings = self.backend.encode_batch_fast([text for text, _ in batch], add_special_tokens=False) \
+                    if not self.with_word_starts else \
+                    self.backend.encode_batch([text for text, _ in batch], add_special_tokens=False)
+                starts = [word_starts_of(e) for e in encodings] if self.with_word_starts else None
+                blocks, block_starts = packer.add([e.ids for e in encodings], starts)
+                chunk = {"input_ids": blocks, "shard": shard,
+                         "state": {"epoch": epoch, "position": position, "packer": packer.state()}}
+                if block_starts is not None:
+                    chunk["word_starts"] = block_starts
+                yield chunk
+            if not self.repeat:
+                break
+            if documents_in_epoch == 0 and position is None:
+                raise CorpusError(f"corpus {self.corpus.name} has no documents for shard {shard} of {self.shard_count}: "
+                                  "it has fewer documents than ranks x workers, or is empty")
+            if not self.corpus.reiterable:
+                raise CorpusError(f"corpus {self.corpus.name} ran out after one epoch and cannot be read again; pass a "
+                                  "list, files or a function returning a generator, or lower the training budget")
+            epoch, position = epoch + 1, None
+        if len(packer.carry_ids):  # finite pass: the last partial block, padded, so no token is dropped
+            length = len(packer.carry_ids)
+            block = np.full((1, self.max_seq_length), self.pad_token_id, dtype=np.int32)
+            row = np.concatenate([packer.prefix, packer.carry_ids, packer.suffix])
+            block[0, : len(row)] = row
+            attention = np.zeros((1, self.max_seq_length), dtype=bool)
+            attention[0, : len(row)] = True
+            chunk = {"input_ids": block, "attention_mask": attention, "shard": shard, "state": None, "content_length": length}
+            if self.with_word_starts:
+                starts = np.zeros((1, self.max_seq_length), dtype=bool)
+                starts[0, len(packer.prefix): len(packer.prefix) + length] = packer.carry_starts
+                chunk["word_starts"] = starts
+            yield chunk
+
+
+def _identity(chunk):
+    return chunk
+
+
+class BlockStream:
+    """Main-process iterator over batches of blocks for one rank: DataLoader workers, shuffle buffer, collation.
+
+    ``state_dict()`` captures exactly what was consumed (each shard's state after the last chunk taken from it, the
+    shuffle buffer and its RNG); ``load_state_dict()`` before iterating resumes there.
+
+    Args:
+        dataset: the rank's PackedBlocks.
+        batch_size: blocks per batch.
+        collate: function(dict of tensors [B, L]) -> model batch (a masking collator), or None for raw blocks.
+        num_workers: DataLoader worker processes (must match ``dataset``'s).
+        shuffle_buffer_size: blocks held for shuffling; 0 keeps stream order.
+        seed: shuffle seed (the rank is mixed in).
+        drop_last: on a finite stream, drop a final batch smaller than batch_size.
+    """
+
+    def __init__(self, dataset: PackedBlocks, batch_size: int, collate=None, *, num_workers: int = 0,
+                 shuffle_buffer_size: int = 0, seed: int = 0, drop_last: bool = False, prefetch_factor: int = 4):
+        if num_workers and dataset.workers_per_rank != num_workers:
+            raise ValueError("BlockStream.num_workers must equal PackedBlocks.num_workers")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.collate = collate
+        self.num_workers = num_workers
+        self.shuffle_buffer_size = shuffle_buffer_size
+        self.drop_last = drop_last
+        self.prefetch_factor = prefetch_factor
+        self.rng = np.random.default_rng([seed, dataset.rank])
+        self.buffer: list[dict] = []  # one entry per block: {"input_ids": [L], ...}
+        self.shard_states: dict[int, dict] = {}
+        self.chunks_consumed = 0
+        self.blocks_consumed = 0
+
+    def _chunks(self) -> Iterator[dict]:
+        self.dataset.shard_states = dict(self.shard_states)
+        self.dataset.worker_rotation = self.chunks_consumed % self.dataset.workers_per_rank
+        if self.num_workers == 0:
+            return self.dataset.iter_shard(self.dataset.shards_of_rank()[0], self.shard_states.get(self.dataset.shards_of_rank()[0]))
+        loader = torch.utils.data.DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
+                                             prefetch_factor=self.prefetch_factor, collate_fn=_identity)
+        return iter(loader)
+
+    def __iter__(self) -> Iterator[dict]:
+        chunks = self._chunks()
+        exhausted = False
+        while True:
+            while not exhausted and len(self.buffer) < max(self.shuffle_buffer_size, self.batch_size):
+                chunk = next(chunks, None)
+                if chunk is None:
+                    exhausted = True
+                    break
+                self.chunks_consumed += 1
+                if chunk["state"] is not None:
+                    self.shard_states[chunk["shard"]] = chunk["state"]
+                keys = [k for k in ("input_ids", "word_starts", "attention_mask") if k in chunk]
+                for row in range(len(chunk["input_ids"])):
+                    self.buffer.append({k: chunk[k][row] for k in keys})
+            if not self.buffer or (exhausted and self.drop_last and len(self.buffer) < self.batch_size):
+                return
+            take = min(self.batch_size, len(self.buffer))
+            if self.shuffle_buffer_size:
+                picked = []
+                for _ in range(take):  # swap-remove a random block: O(1) per block
+                    index = int(self.rng.integers(len(self.buffer)))
+                    self.buffer[index], self.buffer[-1] = self.buffer[-1], self.buffer[index]
+                    picked.append(self.buffer.pop())
+            else:
+                picked, self.buffer = self.buffer[:take], self.buffer[take:]
+            self.blocks_consumed += take
+            batch = {key: torch.from_numpy(np.stack([block[key] for block in picked])) for key in picked[0]}
+            batch["input_ids"] = batch["input_ids"].long()
+            yield self.collate(batch) if self.collate is not None else batch
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly after the last batch yielded (JSON-friendly except numpy arrays)."""
+        return {
+            "shard_states": {str(k): v for k, v in self.shard_states.items()},
+            "chunks_consumed": self.chunks_consumed,
+            "blocks_consumed": self.blocks_consumed,
+            "buffer": [{k: v.tolist() for k, v in block.items()} for block in self.buffer],
+            "rng": self.rng.bit_generator.state,
+            "shard_count": self.dataset.shard_count,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["shard_count"] != self.dataset.shard_count:
+            raise ValueError(f"the saved data position was made with {state['shard_count']} shards (ranks x workers) "
+                             f"but this run has {self.dataset.shard_count}; resume with the same number of processes "
+                             "and data.num_workers")
+        self.shard_states = {int(k): v for k, v in state["shard_states"].items()}
+        self.chunks_consumed = state["chunks_consumed"]
+        self.blocks_consumed = state["blocks_consumed"]
+        dtypes = {"input_ids": np.int32, "word_starts": bool, "attention_mask": bool}
+        self.buffer = [{k: np.asarray(v, dtype=dtypes[k]) for k, v in block.items()} for block in state["buffer"]]
+        self.rng.bit_generator.state = state["rng"]

@@ -1,0 +1,265 @@
+"""Train or load tokenizers: WordPiece (BERT), byte-level BPE (RoBERTa / GPT-2) and Unigram (SentencePiece).
+
+Train one from the command line (reads the files as a stream, never the whole corpus at once):
+
+    sslnlp tokenizer data/*.txt --output-dir runs/tokenizer-wordpiece --kind wordpiece --vocab-size 8192
+    python -m sslnlp tokenizer corpus.jsonl.zst --output-dir runs/tokenizer-bpe --kind bpe --objective clm
+
+or from Python: `train_tokenizer(list_of_strings, "runs/tokenizer", kind="bpe")`. The output directory loads back with
+`transformers.AutoTokenizer.from_pretrained(directory)` or `load_tokenizer(directory)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+from pathlib import Path
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # transformers is imported lazily: it is slow to import and not needed for --help
+    import transformers
+
+TOKENIZER_KINDS = ("wordpiece", "bpe", "unigram")
+TOKENIZER_OBJECTIVES = ("mlm", "clm")
+BYTE_LEVEL_ALPHABET_SIZE = 256
+# Documents handed to the Rust trainer per Python call: large enough to amortise the call, small enough that a
+# generator is never pulled far ahead of what the trainer has consumed.
+DOCUMENTS_PER_TRAINING_BATCH = 256
+
+
+def special_tokens_for(kind: str, objective: str) -> dict[str, str]:
+    """Map each transformers special-token attribute (`pad_token`, ...) to its token string.
+
+    The dict order is the id order: the first occurrence of each distinct token gets the next id, starting at 0.
+
+    Args:
+        kind: one of TOKENIZER_KINDS.
+        objective: "mlm" (masked LM: needs a mask token) or "clm" (next-token prediction).
+    """
+    if objective not in TOKENIZER_OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(TOKENIZER_OBJECTIVES)}")
+    if kind == "wordpiece":
+        # BERT has no bos/eos; [CLS]/[SEP] play those roles so packing code can ask every tokenizer for bos/eos.
+        return {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
+                "mask_token": "[MASK]", "bos_token": "[CLS]", "eos_token": "[SEP]"}
+    if kind in ("bpe", "unigram"):
+        special_tokens = {"bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>",
+                          "cls_token": "<s>", "sep_token": "</s>"}
+        if objective == "mlm":
+            special_tokens["mask_token"] = "<mask>"
+        return special_tokens
+    raise ValueError(f"unknown tokenizer kind {kind!r}; choose one of {', '.join(TOKENIZER_KINDS)}")
+
+
+def round_up_vocab_size(vocab_size: int, round_vocab_to: int) -> int:
+    """Round vocab_size up to a multiple of round_vocab_to (0 or 1: unchanged); embedding matrices whose rows are a
+    multiple of 64 run faster on GPUs.
+
+    Args:
+        vocab_size: the requested vocabulary size.
+        round_vocab_to: the multiple to round up to.
+    """
+    if round_vocab_to <= 1:
+        return vocab_size
+    return -(-vocab_size // round_vocab_to) * round_vocab_to
+
+
+def _batches_of_documents(documents: Iterable[str], max_documents: int | None) -> Iterator[list[str]]:
+    """Yield lists of non-empty documents; raise the 'corpus is empty' error before training starts, not inside it."""
+    document_stream = iter(documents)
+    if max_documents is not None:
+        # islice stops pulling at the limit, so a stream is never read past max_documents.
+        document_stream = itertools.islice(document_stream, max_documents)
+    non_empty_documents = (document for document in document_stream if _is_non_empty_document(document))
+    first_document = next(non_empty_documents, None)
+    if first_document is None:
+        limit_note = f" within the first {max_documents} documents" if max_documents is not None else ""
+        raise ValueError(f"corpus is empty: the document stream yielded no non-empty text{limit_note}")
+    remaining_documents = itertools.chain([first_document], non_empty_documents)
+    while batch := list(itertools.islice(remaining_documents, DOCUMENTS_PER_TRAINING_BATCH)):
+        yield batch
+
+
+def _is_non_empty_document(document: object) -> bool:
+    if not isinstance(document, str):
+        raise TypeError(f"documents must be strings, got {type(document).__name__}; pick the text column first "
+                        "(sslnlp.corpus.load_corpus(..., text_field=...))")
+    return bool(document.strip())
+
+
+def train_tokenizer(documents: Iterable[str], output_dir: str | os.PathLike | None = None, *, kind: str = "wordpiece",
+                    objective: str = "mlm", vocab_size: int = 8192, round_vocab_to: int = 64, min_frequency: int = 2,
+                    max_documents: int | None = None,
+                    lowercase: bool | None = None) -> transformers.PreTrainedTokenizerFast:
+    """Train a tokenizer on a stream of documents and return it as a transformers PreTrainedTokenizerFast.
+
+    Special tokens get the lowest ids, in the order of `special_tokens_for(kind, objective)`. On a small corpus the
+    learned vocabulary can be smaller than the (rounded) target.
+
+    Args:
+        documents: any iterable of strings (list, generator, `load_corpus(...)`); read once, in batches.
+        output_dir: when given, save there with `save_pretrained` (loads back with `AutoTokenizer.from_pretrained`).
+        kind: "wordpiece" (BERT), "bpe" (byte-level, RoBERTa / GPT-2) or "unigram" (SentencePiece-style).
+        objective: "mlm" adds a mask token and wraps sequences in cls/sep; "clm" adds nothing around a sequence for
+            bpe/unigram (the packing code inserts EOS between documents).
+        vocab_size: target vocabulary size, special tokens included, before rounding.
+        round_vocab_to: round vocab_size up to a multiple of this (0 or 1: no rounding).
+        min_frequency: minimum pair/word count for a merge (ignored by unigram, whose trainer has no such knob).
+        max_documents: read at most this many documents from the stream.
+        lowercase: lowercase (and, for wordpiece, strip accents); default True for wordpiece, False otherwise.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    special_tokens = special_tokens_for(kind, objective)
+    if vocab_size < 1 or round_vocab_to < 0:
+        raise ValueError(f"vocab_size must be >= 1 and round_vocab_to >= 0; got {vocab_size} and {round_vocab_to}")
+    if max_documents is not None and max_documents < 1:
+        raise ValueError(f"max_documents must be >= 1 or None; got {max_documents}")
+    target_vocab_size = round_up_vocab_size(vocab_size, round_vocab_to)
+    # <mask> absorbs the space before it (as RoBERTa's does) so "a <mask> b" encodes like "a b" with one piece masked.
+    trainer_special_tokens = [AddedToken(token, special=True, lstrip=(token == "<mask>"))
+                              for token in dict.fromkeys(special_tokens.values())]
+    token_ids = {str(token): token_id for token_id, token in enumerate(trainer_special_tokens)}
+    show_progress = sys.stderr.isatty()  # progress bars only garble log files and captured test output
+
+    if kind == "wordpiece":
+        tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"))
+        tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True if lowercase is None else lowercase)
+        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tokenizer.decoder = decoders.WordPiece(prefix="##")
+        trainer = trainers.WordPieceTrainer(vocab_size=target_vocab_size, min_frequency=min_frequency,
+                                            special_tokens=trainer_special_tokens, continuing_subword_prefix="##",
+                                            show_progress=show_progress)
+        post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", token_ids["[CLS]"]), ("[SEP]", token_ids["[SEP]"])])
+    elif kind == "bpe":
+        minimum_vocab_size = BYTE_LEVEL_ALPHABET_SIZE + len(trainer_special_tokens)
+        if target_vocab_size < minimum_vocab_size:
+            raise ValueError(f"byte-level BPE needs vocab_size >= {minimum_vocab_size} (256 bytes + "
+                             f"{len(trainer_special_tokens)} special tokens); got {target_vocab_size}")
+        tokenizer = Tokenizer(models.BPE())  # no unk: every byte is in the alphabet
+        if lowercase:
+            tokenizer.normalizer = normalizers.Lowercase()
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=target_vocab_size, min_frequency=min_frequency,
+                                      special_tokens=trainer_special_tokens, show_progress=show_progress,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        if objective == "mlm":
+            post_processor = processors.RobertaProcessing(("</s>", token_ids["</s>"]), ("<s>", token_ids["<s>"]),
+                                                          trim_offsets=True, add_prefix_space=False)
+        else:
+            # Adds no tokens; only trims the leading space out of each piece's character offsets.
+            post_processor = processors.ByteLevel(trim_offsets=True, add_prefix_space=False)
+    elif kind == "unigram":
+        tokenizer = Tokenizer(models.Unigram())
+        tokenizer.normalizer = (normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()]) if lowercase
+                                else normalizers.NFKC())
+        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+        tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+        trainer = trainers.UnigramTrainer(vocab_size=target_vocab_size, special_tokens=trainer_special_tokens,
+                                          unk_token="<unk>", show_progress=show_progress)
+        if objective == "mlm":
+            # RoBERTa layout, all token type ids 0: RoBERTa-style models have a single token type embedding.
+            post_processor = processors.TemplateProcessing(
+                single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+                special_tokens=[("<s>", token_ids["<s>"]), ("</s>", token_ids["</s>"])])
+        else:
+            post_processor = processors.TemplateProcessing(single="$A", pair="$A $B:1", special_tokens=[])
+    else:  # special_tokens_for has already rejected unknown kinds
+        raise AssertionError(kind)
+
+    tokenizer.train_from_iterator(_batches_of_documents(documents, max_documents), trainer=trainer)
+    tokenizer.post_processor = post_processor
+    wrapper_arguments = {name: trainer_special_tokens[token_ids[token]] for name, token in special_tokens.items()}
+    if kind == "wordpiece":
+        # transformers 5 no longer returns token_type_ids by default; BERT-style models need them for sentence pairs.
+        wrapper_arguments["model_input_names"] = ["input_ids", "token_type_ids", "attention_mask"]
+    # Saved with tokenizer_class "TokenizersBackend" (transformers 5's name for PreTrainedTokenizerFast), which
+    # AutoTokenizer loads as the generic fast tokenizer from tokenizer.json even next to a bert/roberta/gpt2 config.
+    pretrained_tokenizer = PreTrainedTokenizerFast(tokenizer_object=tokenizer, **wrapper_arguments)
+    if output_dir is not None:
+        pretrained_tokenizer.save_pretrained(os.fspath(output_dir))
+    return pretrained_tokenizer
+
+
+def load_tokenizer(name_or_path: str | os.PathLike | transformers.PreTrainedTokenizerBase, *,
+                   trust_remote_code: bool = False) -> transformers.PreTrainedTokenizerBase:
+    """Load a fast tokenizer (a directory written by `train_tokenizer` / `sslnlp tokenizer`, or a Hub name).
+
+    Args:
+        name_or_path: a local directory, a Hub name, or an already loaded tokenizer (checked and returned as is).
+        trust_remote_code: allow tokenizers whose code lives in the Hub repository.
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+    if isinstance(name_or_path, PreTrainedTokenizerBase):
+        tokenizer = name_or_path
+    else:
+        name_or_path = os.fspath(name_or_path)
+        hint = "pass a directory written by `sslnlp tokenizer` or a Hub name (needs network)"
+        local_path = os.path.expanduser(name_or_path)
+        # Caught here because transformers would report a missing path as a badly formatted Hub repo id, and an
+        # empty directory as "couldn't instantiate the backend tokenizer".
+        if (os.path.isabs(name_or_path) or name_or_path.startswith((".", "~"))) and not os.path.isdir(local_path):
+            raise ValueError(f"cannot load tokenizer {name_or_path!r}: no such directory; {hint}")
+        if os.path.isdir(local_path) and not any(os.path.isfile(os.path.join(local_path, file_name))
+                                                 for file_name in ("tokenizer.json", "tokenizer_config.json")):
+            raise ValueError(f"cannot load tokenizer {name_or_path!r}: no tokenizer.json in that directory; {hint}")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(local_path, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError, KeyError) as error:
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(" .:")
+            raise ValueError(f"cannot load tokenizer {name_or_path!r}: {reason}; {hint}") from error
+    if not tokenizer.is_fast:
+        # Whole-word masking and packing need word_ids(), which only the Rust-backed tokenizers provide.
+        raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', name_or_path)!r} is not a fast tokenizer "
+                         f"({type(tokenizer).__name__}); word ids need a tokenizer.json-backed (fast) tokenizer")
+    return tokenizer
+
+
+def add_tokenizer_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the `sslnlp tokenizer` arguments to parser.
+
+    Args:
+        parser: the (sub)command parser to extend.
+    """
+    parser.add_argument("files", nargs="+", help="corpus files or globs (.txt, .jsonl, .parquet, compressed, ...)")
+    parser.add_argument("--output-dir", required=True, help="directory to save the tokenizer in")
+    parser.add_argument("--kind", choices=TOKENIZER_KINDS, default="wordpiece", help="tokenizer model")
+    parser.add_argument("--objective", choices=TOKENIZER_OBJECTIVES, default="mlm",
+                        help="mlm adds a mask token; clm adds no special tokens around a sequence (bpe/unigram)")
+    parser.add_argument("--vocab-size", type=int, default=8192,
+                        help="target vocabulary size, rounded up to a multiple of 64")
+    parser.add_argument("--min-frequency", type=int, default=2, help="minimum count for a merge (wordpiece/bpe)")
+    parser.add_argument("--max-documents", type=int, default=None, help="read at most this many documents")
+    parser.add_argument("--text-field", default="text", help="field holding the text in JSON/Parquet/CSV records")
+
+
+def run_tokenizer_command(args: argparse.Namespace) -> None:
+    """Train a tokenizer from the parsed `sslnlp tokenizer` arguments and print one summary line.
+
+    Args:
+        args: the namespace produced by a parser set up with add_tokenizer_arguments.
+    """
+    from sslnlp.corpus import load_corpus  # imported here so `sslnlp --help` does not pay for the corpus readers
+
+    documents_read = 0
+
+    def counted_documents():
+        nonlocal documents_read
+        for document in load_corpus(args.files[0] if len(args.files) == 1 else [Path(f) for f in args.files],
+                                   text_field=args.text_field):
+            documents_read += 1
+            yield document
+
+    tokenizer = train_tokenizer(counted_documents(), args.output_dir, kind=args.kind, objective=args.objective,
+                                vocab_size=args.vocab_size, min_frequency=args.min_frequency,
+                                max_documents=args.max_documents)
+    print(f"trained {args.kind} tokenizer ({args.objective}) on {documents_read} documents: {len(tokenizer)} tokens "
+          f"-> {args.output_dir}")

@@ -1,0 +1,165 @@
+import itertools
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from sslnlp.corpus import load_corpus
+from sslnlp.packing import BlockStream, PackedBlocks
+
+
+def token_stream(tokenizer, documents, separator):
+    """The reference: every document tokenized on its own, followed by the separator."""
+    out = []
+    for text in documents:
+        out += tokenizer(text, add_special_tokens=False)["input_ids"] + [separator]
+    return out
+
+
+def contents(blocks, prefix_length, suffix_length, attention=None):
+    rows = []
+    for index, block in enumerate(blocks):
+        block = list(block)
+        if attention is not None and attention[index] is not None:
+            block = block[: int(attention[index].sum())]
+        rows += block[prefix_length: len(block) - suffix_length]
+    return rows
+
+
+@pytest.mark.parametrize("objective", ["mlm", "clm"])
+def test_packing_loses_and_duplicates_nothing(documents, wordpiece_tokenizer, bpe_tokenizer, objective):
+    tokenizer = wordpiece_tokenizer if objective == "mlm" else bpe_tokenizer
+    dataset = PackedBlocks(load_corpus(documents), tokenizer, 48, objective=objective, repeat=False, documents_per_batch=7)
+    chunks = list(dataset.iter_shard(0))
+    blocks = np.concatenate([c["input_ids"] for c in chunks])
+    assert blocks.shape[1] == 48
+    attention = [None] * (len(blocks) - 1) + [chunks[-1].get("attention_mask", [None])[0]]
+    if objective == "mlm":
+        assert (blocks[:, 0] == tokenizer.cls_token_id).all()
+        assert all(block[int(a.sum()) - 1 if a is not None else -1] == tokenizer.sep_token_id for block, a in zip(blocks, attention))
+        got = contents(blocks, 1, 1, attention)
+        expected = token_stream(tokenizer, documents, tokenizer.sep_token_id)
+    else:
+        got = contents(blocks, 0, 0, attention)
+        expected = token_stream(tokenizer, documents, tokenizer.eos_token_id)
+    assert got == expected
+    assert (blocks[:-1] != tokenizer.pad_token_id).all()  # only the final partial block is padded
+
+
+def test_long_documents_are_split_not_truncated(wordpiece_tokenizer):
+    long_document = " ".join(["the quiet student remembers an unbelievable story"] * 60)
+    dataset = PackedBlocks(load_corpus([long_document]), wordpiece_tokenizer, 32, repeat=False)
+    blocks = np.concatenate([c["input_ids"] for c in dataset.iter_shard(0)])
+    assert len(blocks) > 10
+    expected = wordpiece_tokenizer(long_document, add_special_tokens=False)["input_ids"]
+    assert contents(blocks[:-1], 1, 1) == expected[: 30 * (len(blocks) - 1)]
+
+
+def test_word_starts_survive_packing(documents, wordpiece_tokenizer):
+    dataset = PackedBlocks(load_corpus(documents), wordpiece_tokenizer, 40, with_word_starts=True, repeat=False)
+    chunk = next(dataset.iter_shard(0))
+    tokens = [wordpiece_tokenizer.convert_ids_to_tokens(row.tolist()) for row in chunk["input_ids"]]
+    for row_tokens, row_starts in zip(tokens, chunk["word_starts"]):
+        for position, (token, start) in enumerate(zip(row_tokens, row_starts)):
+            if token.startswith("##"):
+                assert not start
+            elif token not in wordpiece_tokenizer.all_special_tokens and position > 1:
+                assert start, (token, row_tokens)
+    assert any(t.startswith("##") for row in tokens for t in row)  # the fixture does split words
+
+
+def documents_in(rows, separator):
+    """Split a token stream back into documents (token tuples)."""
+    stream = [t for row in rows for t in row]
+    docs, current = [], []
+    for token in stream:
+        if token == separator:
+            docs.append(tuple(current))
+            current = []
+        else:
+            current.append(token)
+    return docs
+
+
+def test_two_ranks_two_workers_are_disjoint_and_complete(documents, bpe_tokenizer):
+    unique = [f"Document number {i}. {text}" for i, text in enumerate(documents[:80])]
+    corpus = load_corpus(unique)
+    seen = []
+    for rank in range(2):
+        dataset = PackedBlocks(corpus, bpe_tokenizer, 64, objective="clm", rank=rank, world_size=2, num_workers=2,
+                               repeat=False, documents_per_batch=3)
+        stream = BlockStream(dataset, batch_size=4, num_workers=2)
+        shards = {}
+        for chunk in stream._chunks():  # chunks carry their shard index
+            shards.setdefault(chunk["shard"], []).append(chunk)
+        assert sorted(shards) == [2 * rank, 2 * rank + 1]
+        for chunks in shards.values():
+            rows = [row[: int(c["attention_mask"][i].sum())] if "attention_mask" in c else row
+                    for c in chunks for i, row in enumerate(c["input_ids"].tolist())]
+            seen.append(documents_in(rows, bpe_tokenizer.eos_token_id))
+    everything = [doc for shard in seen for doc in shard]
+    expected = [tuple(bpe_tokenizer(t, add_special_tokens=False)["input_ids"]) for t in unique]
+    assert len(everything) == len(set(everything)) == len(expected)
+    assert set(everything) == set(expected)
+    for a, b in itertools.combinations(seen, 2):
+        assert not set(a) & set(b)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_stream_resumes_exactly(documents, wordpiece_tokenizer, num_workers):
+    from sslnlp.masking import build_collator
+
+    def make():
+        dataset = PackedBlocks(load_corpus(documents), wordpiece_tokenizer, 32, num_workers=num_workers,
+                               documents_per_batch=5, with_word_starts=True)
+        collator = build_collator(wordpiece_tokenizer, "mlm", {"masking": "whole_word"}, seed=3)
+        return BlockStream(dataset, batch_size=8, collate=collator, num_workers=num_workers, shuffle_buffer_size=50, seed=1), collator
+
+    # 3 epochs' worth of the small corpus, so the resume crosses epoch boundaries
+    stream, collator = make()
+    uninterrupted = list(itertools.islice(stream, 120))
+    stream, collator = make()
+    first = list(itertools.islice(stream, 37))
+    saved = pickle.loads(pickle.dumps({"data": stream.state_dict(), "masks": collator.state_dict()}))
+    stream, collator = make()
+    stream.load_state_dict(saved["data"])
+    collator.load_state_dict(saved["masks"])
+    rest = list(itertools.islice(stream, 83))
+    for expected, got in zip(uninterrupted, first + rest, strict=True):
+        assert torch.equal(expected["input_ids"], got["input_ids"])
+        assert torch.equal(expected["labels"], got["labels"])
+
+
+def test_resume_does_not_reread_consumed_documents(tmp_path, documents, wordpiece_tokenizer):
+    import json
+
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in documents))
+
+    def make():
+        return BlockStream(PackedBlocks(load_corpus(str(path)), wordpiece_tokenizer, 32, documents_per_batch=10), batch_size=4)
+
+    stream = make()
+    uninterrupted = list(itertools.islice(stream, 60))
+    stream = make()
+    first = list(itertools.islice(stream, 20))
+    state = stream.state_dict()
+    offset = state["shard_states"]["0"]["position"]["offset"]
+    assert offset > 0
+    # Overwrite what was consumed with garbage: a resume that re-read it would fail on malformed JSON.
+    raw = path.read_bytes()
+    path.write_bytes(b"x" * (offset - 1) + b"\n" + raw[offset:])
+    stream = make()
+    stream.load_state_dict(state)
+    rest = list(itertools.islice(stream, 20))
+    for expected, got in zip(uninterrupted[:40], first + rest, strict=True):
+        assert torch.equal(expected["input_ids"], got["input_ids"])
+
+
+def test_mismatched_shard_count_is_refused(documents, wordpiece_tokenizer):
+    stream = BlockStream(PackedBlocks(load_corpus(documents), wordpiece_tokenizer, 32), batch_size=4)
+    next(iter(stream))
+    other = BlockStream(PackedBlocks(load_corpus(documents), wordpiece_tokenizer, 32, world_size=2), batch_size=4)
+    with pytest.raises(ValueError, match="same number of processes"):
+        other.load_state_dict(stream.state_dict())
