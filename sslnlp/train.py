@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -48,10 +49,7 @@ def build_corpus(data, files, split: str):
                    dataset_config_name=data.dataset_config_name, split=split, seed=data.seed)
     if isinstance(files, list) and data.mixture_weights:
         return load_corpus(list(zip(files, data.mixture_weights)), **options)
-    if isinstance(files, list):
-        return load_corpus([Path(f) for f in files], **options) if all(isinstance(f, str) for f in files) \
-            else load_corpus(files, **options)
-    return load_corpus(files, **options)
+    return load_corpus(files, **options)  # a list of file names or globs reads files; other lists are documents
 
 
 def training_and_validation_corpora(data):
@@ -200,7 +198,7 @@ def pretrain(config: PretrainConfig) -> dict:
                               project_dir=str(output_dir))
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+        (output_dir / "config.yaml").write_text(yaml.safe_dump(_plain(to_dict(config)), sort_keys=False))
     set_seed(training.seed)
 
     train_corpus, validation_corpus = training_and_validation_corpora(config.data)
@@ -256,7 +254,7 @@ def pretrain(config: PretrainConfig) -> dict:
                                                     if isinstance(v, (int, float, str, bool))})
     from tqdm.auto import tqdm
 
-    progress = tqdm(total=budget_steps or None, initial=loop["step"], disable=not accelerator.is_local_main_process,
+    progress = tqdm(total=budget_steps or None, initial=loop["step"], disable=not accelerator.is_local_main_process or os.environ.get("TQDM_DISABLE") == "1",
                     desc="pretrain", dynamic_ncols=True)
 
     def progress_of_budget() -> float:
@@ -364,3 +362,14 @@ def _flatten(values: dict, prefix: str = "") -> dict:
         else:
             flat[prefix + key] = value
     return flat
+
+
+def _plain(value):
+    """Config values as YAML-safe data (a corpus given as a Python object is recorded by its type name)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value] if len(value) <= 64 else f"<{len(value)} items>"
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return f"<{type(value).__name__}>"

@@ -57,7 +57,8 @@ def test_long_documents_are_split_not_truncated(wordpiece_tokenizer):
 
 
 def test_word_starts_survive_packing(documents, wordpiece_tokenizer):
-    dataset = PackedBlocks(load_corpus(documents), wordpiece_tokenizer, 40, with_word_starts=True, repeat=False)
+    rare = ["The xylophonist quizzically rebuilt unbelievably complicated windowsills."] * 3  # words split into pieces
+    dataset = PackedBlocks(load_corpus(rare + documents), wordpiece_tokenizer, 40, with_word_starts=True, repeat=False)
     chunk = next(dataset.iter_shard(0))
     tokens = [wordpiece_tokenizer.convert_ids_to_tokens(row.tolist()) for row in chunk["input_ids"]]
     for row_tokens, row_starts in zip(tokens, chunk["word_starts"]):
