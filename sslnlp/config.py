@@ -106,7 +106,10 @@ class TrainingConfig:
     max_steps: int = option(0, "Budget in optimizer steps (0: not set).")
     max_tokens: int = option(0, "Budget in training tokens (0: not set).")
     max_time: float = option(0, "Budget in seconds of training (wall clock, 0: not set); the schedule follows it.")
-    mixed_precision: str = option("no", "'no', 'bf16' or 'fp16' (via Accelerate).")
+    mixed_precision: str = option("auto", "'auto' (bf16 where the CPU or GPU computes it natively, else no), 'no', "
+                                          "'bf16' or 'fp16' (via Accelerate).")
+    max_consecutive_nonfinite_steps: int = option(10, "Stop after this many consecutive steps with a non-finite loss "
+                                                      "or gradient (each is skipped and counted).")
     logging_steps: int = option(10, "Log training metrics every N steps.")
     save_steps: int = option(0, "Save a checkpoint every N steps (0: only at the end).")
     save_total_limit: int = option(2, "Keep the newest N checkpoints.")
@@ -114,6 +117,8 @@ class TrainingConfig:
                                                       "checkpoint directory, or None.")
     report_to: list = option([], "Accelerate trackers: tensorboard, wandb, mlflow, ...")
     torch_compile: bool = option(False, "Compile the model with torch.compile.")
+    peak_flops: float = option(0, "Peak FLOP/s of one device for the MFU figure (0: from the table of known GPUs, "
+                                  "or measured once on a CPU).")
 
 
 @dataclass
@@ -142,7 +147,7 @@ class PretrainConfig:
             "masking.masking": (self.masking.masking, ("token", "whole_word", "span")),
             "tokenizer.kind": (self.tokenizer.kind, ("wordpiece", "bpe", "unigram")),
             "training.lr_scheduler_type": (self.training.lr_scheduler_type, ("linear", "cosine", "constant", "wsd")),
-            "training.mixed_precision": (self.training.mixed_precision, ("no", "bf16", "fp16")),
+            "training.mixed_precision": (self.training.mixed_precision, ("auto", "no", "bf16", "fp16")),
             "data.document_separator": (self.data.document_separator, ("line", "blank_line")),
             "data.on_bad_record": (self.data.on_bad_record, ("error", "skip")),
         }
@@ -318,3 +323,122 @@ def describe(cls, prefix: str = "") -> list[tuple[str, str, str]]:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             rows.append((prefix + f.name, repr(default), f.metadata.get("help", "")))
     return rows
+
+
+# ------------------------------------------------------------------------------------------- evaluation configs
+# `sslnlp probe` and `sslnlp finetune` read the same recipe: shared settings at the top, one section per protocol,
+# so one YAML scores a checkpoint both ways and both write into the same results table.
+
+
+@dataclass
+class TaskConfig:
+    name: str | None = option(None, "Task name: a GLUE task (cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli: "
+                                    "dataset, columns, labels and metrics built in) or your own name.")
+    train_file: str | None = option(None, "Labelled training examples: .jsonl, .csv, .tsv or .parquet (may be "
+                                          "compressed: .gz, .bz2, .xz).")
+    validation_file: str | None = option(None, "Validation examples (selects the probe's regularisation); without "
+                                                "it split_ratio of train_file is held out.")
+    test_file: str | None = option(None, "Test examples (the reported scores); without it split_ratio of "
+                                          "train_file is held out.")
+    split_ratio: float = option(0.1, "Fraction of the training examples held out for each missing split.")
+    dataset_name: str | None = option(None, "Hub dataset instead of files (needs network or the datasets cache).")
+    dataset_config_name: str | None = option(None, "Hub dataset configuration name.")
+    train_split: str = option("train", "Hub dataset split to train on.")
+    validation_split: str | None = option(None, "Hub split for validation (None: split_ratio of train).")
+    test_split: str | None = option(None, "Hub split to report (None: split_ratio of train).")
+    text_field: str = option("text", "Column holding the text.")
+    text_pair_field: str | None = option(None, "Column holding the second text of sentence-pair tasks.")
+    label_field: str = option("label", "Column holding the label: class names or integers; numbers for regression.")
+    label_names: Any = option(None, "Class names in id order (a list, or a path to a JSON list); default: the "
+                                    "sorted distinct labels of the training split (integer labels keep their ids).")
+    problem_type: str = option("classification", "'classification' or 'regression'.")
+    metric: str | None = option(None, "Metric to select and report first: accuracy, f1, macro_f1, "
+                                      "matthews_correlation, pearson or spearman (default: GLUE's official one; "
+                                      "accuracy for classification, pearson for regression).")
+    max_seq_length: int | None = option(None, "Longest input in tokens (default: the run's max_seq_length).")
+    max_train_examples: int = option(0, "Use at most N training examples, a seeded sample (0: all).")
+    seed: int = option(0, "Seed of the held-out splits and of the training sample.")
+
+
+@dataclass
+class ProbeOptions:
+    pooling: str = option("mean", "Sentence vector: 'first' (the [CLS] / first token), 'mean' (over tokens) or "
+                                  "'last' (last token: decoders).")
+    layer: int = option(-1, "Hidden layer to pool: -1 the last, 0 the embeddings, k the k-th layer's output.")
+    per_device_eval_batch_size: int = option(64, "Examples per forward pass when extracting features.")
+    l2_grid: list = option([1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0], "L2 strengths tried (on standardized features); "
+                                                                 "the best on validation is reported.")
+    max_iterations: int = option(200, "L-BFGS iterations per L2 strength (logistic regression).")
+    cache_features: bool = option(True, "Keep extracted features under output_dir/features (keyed by checkpoint, "
+                                        "task and pooling) and reuse them.")
+
+
+@dataclass
+class FinetuneOptions:
+    learning_rate: float = option(5e-5, "Peak learning rate (one setting for every task: no per-task search).")
+    num_train_epochs: float = option(3, "Epochs over the training split.")
+    per_device_train_batch_size: int = option(32, "Examples per device per step.")
+    per_device_eval_batch_size: int = option(64, "Examples per evaluation batch.")
+    seeds: list = option([0, 1, 2], "One run per seed (head initialisation, data order); the median is reported.")
+    warmup_ratio: float = option(0.1, "Linear warmup as a fraction of the steps, then linear decay to 0.")
+    weight_decay: float = option(0.01, "AdamW weight decay (never on biases and norms).")
+    max_grad_norm: float = option(1.0, "Gradient clipping norm (0: off).")
+    mixed_precision: str = option("no", "'no', 'bf16' or 'fp16' (via Accelerate).")
+    classifier_dropout: float | None = option(None, "Dropout before the classification head (None: the model's).")
+    save_model: bool = option(True, "Save the first seed's fine-tuned model (Hugging Face format) in "
+                                    "output_dir/<task>.")
+
+
+@dataclass
+class EvaluateConfig:
+    output_dir: str = option("runs/evaluate", "Where results.json / results.md, features and fine-tuned models go.")
+    model_name_or_path: str | None = option(None, "Checkpoint to evaluate: a directory (e.g. runs/tiny-cpu) or a "
+                                                  "Hub name.")
+    tokenizer_name_or_path: str | None = option(None, "Tokenizer (default: the checkpoint's).")
+    tasks: list = option([], "Tasks: GLUE names ('sst2') or mappings of TaskConfig keys (name, train_file, "
+                             "text_field, ...).")
+    max_seq_length: int = option(128, "Longest input in tokens (a task's max_seq_length wins).")
+    random_baseline: bool = option(True, "Also evaluate the same architecture with random weights: the floor.")
+    seed: int = option(0, "Seed of the probe and of the random-weight twin of the probe.")
+    trust_remote_code: bool = option(False, "Allow code from the checkpoint's repository to run.")
+    probe: ProbeOptions = field(default_factory=ProbeOptions)
+    finetune: FinetuneOptions = field(default_factory=FinetuneOptions)
+
+    def check(self) -> None:
+        """Reject contradictions before any model loads."""
+        if not self.model_name_or_path:
+            raise ConfigError("model_name_or_path is not set; give a checkpoint directory (e.g. runs/tiny-cpu) or a "
+                              "Hub name")
+        if not self.tasks:
+            raise ConfigError("no tasks: set tasks, e.g. tasks=[sst2] or a list of mappings with train_file")
+        choices = {"probe.pooling": (self.probe.pooling, ("first", "mean", "last")),
+                   "finetune.mixed_precision": (self.finetune.mixed_precision, ("no", "bf16", "fp16"))}
+        for key, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ConfigError(f"{key}={value!r} is not valid; choose one of {', '.join(allowed)}")
+        if not self.probe.l2_grid or any(not isinstance(v, (int, float)) or v < 0 for v in self.probe.l2_grid):
+            raise ConfigError(f"probe.l2_grid={self.probe.l2_grid!r} must be a non-empty list of numbers >= 0")
+        if not self.finetune.seeds or any(not isinstance(s, int) for s in self.finetune.seeds):
+            raise ConfigError(f"finetune.seeds={self.finetune.seeds!r} must be a non-empty list of integers")
+        if self.finetune.num_train_epochs <= 0 or self.finetune.per_device_train_batch_size < 1:
+            raise ConfigError("finetune.num_train_epochs must be > 0 and finetune.per_device_train_batch_size >= 1")
+        if self.max_seq_length < 4:
+            raise ConfigError(f"max_seq_length={self.max_seq_length} is too short; use at least 4")
+        self.task_configs()
+
+    def task_configs(self) -> list[TaskConfig]:
+        """``tasks`` as TaskConfig objects: a string is a task name; unknown keys get the nearest-key suggestion."""
+        configs = []
+        for index, entry in enumerate(self.tasks):
+            if isinstance(entry, TaskConfig):
+                configs.append(entry)
+                continue
+            if isinstance(entry, str):
+                entry = {"name": entry}
+            configs.append(build(TaskConfig, entry, prefix=f"tasks[{index}]."))
+        return configs
+
+
+# `sslnlp probe` and `sslnlp finetune` take the same config (one recipe can hold both sections).
+ProbeConfig = EvaluateConfig
+FinetuneConfig = EvaluateConfig

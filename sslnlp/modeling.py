@@ -173,3 +173,46 @@ def flops_per_token(config, sequence_length: int, predicted_fraction: float = 1.
     per_layer = 8 * hidden**2 + mlp + 4 * sequence_length * hidden
     head = (2 * hidden * config.vocab_size + 2 * hidden**2) * predicted_fraction
     return 3.0 * (layers * per_layer + head)
+
+
+# Dense bf16 / fp16 tensor-core peak FLOP/s (no sparsity) and fp32 (non-tensor-core) peak, by device name fragment.
+KNOWN_GPU_PEAK_FLOPS = {
+    "H200": (989e12, 67e12), "H100": (989e12, 67e12), "A100": (312e12, 19.5e12), "A10G": (125e12, 31.2e12),
+    "L40S": (362e12, 91.6e12), "L4": (121e12, 30.3e12), "A6000": (155e12, 38.7e12), "V100": (125e12, 15.7e12),
+    "T4": (65e12, 8.1e12), "4090": (165e12, 82.6e12), "3090": (71e12, 35.6e12),
+}
+_measured_cpu_peak: dict[str, float] = {}
+
+
+def peak_flops_per_second(device: torch.device, mixed_precision: str, configured: float = 0.0) -> float:
+    """Peak FLOP/s of one device, for model FLOPs utilisation: configured > known GPU table > measured on the CPU.
+
+    On a CPU the peak is measured once per process with a large matrix multiply in the run's precision, so MFU on a
+    CPU reads as "fraction of what this machine's matmul reaches", the honest ceiling for a CPU run.
+    """
+    if configured:
+        return configured
+    low_precision = mixed_precision in ("bf16", "fp16")
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for fragment, (tensor_core, fp32) in KNOWN_GPU_PEAK_FLOPS.items():
+            if fragment in name:
+                return tensor_core if low_precision else fp32
+        return 0.0
+    if device.type != "cpu":
+        return 0.0
+    key = mixed_precision
+    if key not in _measured_cpu_peak:
+        import time
+
+        dtype = torch.bfloat16 if mixed_precision == "bf16" else torch.float32
+        size = 1024
+        a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+        a @ b  # warm up
+        best = float("inf")
+        for _ in range(5):
+            start = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - start)
+        _measured_cpu_peak[key] = 2 * size**3 / best
+    return _measured_cpu_peak[key]

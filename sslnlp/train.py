@@ -11,6 +11,8 @@ place that knows the data stream, the collator, the model and the optimizer toge
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import signal
 import json
 import logging
 import math
@@ -21,7 +23,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from sslnlp.checkpoint import export_model, load_checkpoint, resolve_resume, save_checkpoint
+from sslnlp.checkpoint import export_model, find_latest_checkpoint, load_checkpoint, resolve_resume, save_checkpoint
 from sslnlp.config import PretrainConfig, to_dict
 from sslnlp.corpus import HoldoutCorpus, load_corpus
 from sslnlp.masking import build_collator
@@ -32,6 +34,7 @@ from sslnlp.modeling import (
     count_targets,
     dense_loss,
     flops_per_token,
+    peak_flops_per_second,
 )
 from sslnlp.packing import BlockStream, PackedBlocks
 from sslnlp.tokenizer import load_tokenizer, train_tokenizer
@@ -55,8 +58,8 @@ def build_corpus(data, files, split: str):
 def training_and_validation_corpora(data):
     train = build_corpus(data, data.train_files, data.dataset_split)
     validation = None
-    if data.validation_files:
-        validation = build_corpus(data, data.validation_files, "validation")
+    if data.validation_files:  # never mixed: the weights belong to train_files
+        validation = build_corpus(dataclasses.replace(data, mixture_weights=[]), data.validation_files, "validation")
     elif data.validation_holdout_every:
         validation = HoldoutCorpus(train, data.validation_holdout_every, held_out=True)
         train = HoldoutCorpus(train, data.validation_holdout_every, held_out=False)
@@ -79,6 +82,61 @@ def prepare_tokenizer(config: PretrainConfig, corpus, accelerator, output_dir: P
                         max_documents=options.training_documents, lowercase=options.lowercase)
     accelerator.wait_for_everyone()
     return load_tokenizer(str(saved))
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (non-finite steps, unwritable checkpoints): one line saying what to do."""
+
+
+def ensure_writable(output_dir: Path) -> None:
+    """Fail before any work if the run directory cannot be created or written."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise TrainingError(f"output_dir={str(output_dir)!r} is not writable ({error.strerror or error}); "
+                            "choose another output_dir or fix its permissions") from None
+
+
+def resolve_mixed_precision(setting: str) -> str:
+    """'auto' -> bf16 on GPUs that support it and on CPUs with native bf16 (AVX-512 BF16 / AMX), else 'no'."""
+    if setting != "auto":
+        return setting
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "no"
+    return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "no"
+
+
+class PreemptionFlag:
+    """Inside ``with``: SIGTERM / SIGINT (what SLURM and spot instances send) set ``raised`` instead of killing the
+    process; the loop saves a checkpoint at the next step boundary, all ranks together, and exits cleanly."""
+
+    def __init__(self):
+        self.raised = False
+        self.previous = {}
+
+    def _handle(self, signum, frame):
+        if self.raised and signum == signal.SIGINT:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.raised = True
+
+    def __enter__(self):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self.previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
 
 
 def parameter_groups(model, weight_decay: float) -> list[dict]:
@@ -194,10 +252,10 @@ def pretrain(config: PretrainConfig) -> dict:
     config.check()
     training, objective = config.training, config.masking.objective
     output_dir = Path(config.output_dir)
-    accelerator = Accelerator(mixed_precision=training.mixed_precision, log_with=training.report_to or None,
-                              project_dir=str(output_dir))
+    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(training.mixed_precision),
+                              log_with=training.report_to or None, project_dir=str(output_dir))
     if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
+        ensure_writable(output_dir)
         (output_dir / "config.yaml").write_text(yaml.safe_dump(_plain(to_dict(config)), sort_keys=False))
     set_seed(training.seed)
 
@@ -254,13 +312,17 @@ def pretrain(config: PretrainConfig) -> dict:
                                                     if isinstance(v, (int, float, str, bool))})
     from tqdm.auto import tqdm
 
-    progress = tqdm(total=budget_steps or None, initial=loop["step"], disable=not accelerator.is_local_main_process or os.environ.get("TQDM_DISABLE") == "1",
+    time_bar = not budget_steps  # a wall-clock budget: the bar counts seconds, so its ETA is right
+    peak_flops = peak_flops_per_second(accelerator.device, accelerator.mixed_precision, training.peak_flops)
+    progress = tqdm(total=budget_steps or training.max_time, initial=loop["step"] if budget_steps else loop["elapsed"],
+                    unit="step" if budget_steps else "s", disable=not accelerator.is_local_main_process or os.environ.get("TQDM_DISABLE") == "1",
                     desc="pretrain", dynamic_ncols=True)
 
-    def progress_of_budget() -> float:
+    def progress_of_budget(next_step: bool = False) -> float:
+        """Fraction of the budget used (``next_step``: as of the end of the step being taken, for its learning rate)."""
         fractions = []
         if budget_steps:
-            fractions.append(loop["step"] / budget_steps)
+            fractions.append((loop["step"] + next_step) / budget_steps)
         if training.max_time:
             fractions.append(loop["elapsed"] / training.max_time)
         return max(fractions)
@@ -268,74 +330,109 @@ def pretrain(config: PretrainConfig) -> dict:
     def save():
         rank_state = {"data": train_stream.state_dict(),
                       "collator": collator.state_dict().get("generator", torch.zeros(0)).tolist()}
-        save_checkpoint(accelerator, output_dir, loop["step"], dict(loop), rank_state, training.save_total_limit)
+        try:
+            save_checkpoint(accelerator, output_dir, loop["step"], dict(loop), rank_state, training.save_total_limit)
+        except OSError as error:
+            previous = find_latest_checkpoint(output_dir)
+            raise TrainingError(f"cannot write the checkpoint of step {loop['step']} under {output_dir}/checkpoints "
+                                f"({error.strerror or error}); free space or fix permissions, then resume: the previous "
+                                f"checkpoint {previous or '(none)'} is intact") from None
 
     model.train()
     batches = iter(train_stream)
     window = {"targets": 0, "steps": 0, "tokens": 0, "seconds": 0.0, "wait": 0.0}
-    last_logged, last_eval = None, {}
-    while progress_of_budget() < 1.0:
-        step_start = time.perf_counter()
-        micro_batches = [next(batches) for _ in range(training.gradient_accumulation_steps)]
-        data_wait = time.perf_counter() - step_start
-        micro_batches = [{k: v.to(accelerator.device, non_blocking=True) for k, v in b.items()} for b in micro_batches]
-        local_targets = sum(count_targets(b, objective) for b in micro_batches)
-        # Normalise by the targets of the whole global batch, so every target weighs the same whatever the
-        # number of processes or micro-batches (DDP averages gradients over ranks: hence x num_processes).
-        global_targets = accelerator.reduce(torch.tensor(float(local_targets), device=accelerator.device), "sum")
-        scale = accelerator.num_processes / global_targets.clamp(min=1)
-        step_loss = torch.zeros((), device=accelerator.device)
-        for index, batch in enumerate(micro_batches):
-            sync = index == len(micro_batches) - 1
-            with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-                loss_sum, _, _ = loss_function(model, batch)
-                accelerator.backward(loss_sum * scale)
-            step_loss += loss_sum.detach()
-        if training.max_grad_norm:
-            accelerator.clip_grad_norm_(model.parameters(), training.max_grad_norm)
-        learning_rate = training.learning_rate * learning_rate_multiplier(
-            progress_of_budget(), training.lr_scheduler_type, warmup, training.decay_ratio, training.min_lr_ratio)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    last_logged, last_eval, consecutive_bad = None, {}, 0
+    injected = {int(s) for s in os.environ.get("SSLNLP_INJECT_NONFINITE_STEPS", "").split(",") if s.strip()}
+    preemption = PreemptionFlag()
+    with preemption:
+        while progress_of_budget() < 1.0:
+            step_start = time.perf_counter()
+            micro_batches = [next(batches) for _ in range(training.gradient_accumulation_steps)]
+            data_wait = time.perf_counter() - step_start
+            micro_batches = [{k: v.to(accelerator.device, non_blocking=True) for k, v in b.items()} for b in micro_batches]
+            local_targets = sum(count_targets(b, objective) for b in micro_batches)
+            # One collective per step: the global target count and whether any rank was asked to stop (SIGTERM).
+            agreed = accelerator.reduce(torch.tensor([float(local_targets), float(preemption.raised)],
+                                                     device=accelerator.device), "sum")
+            global_targets = agreed[0]
+            # Normalise by the targets of the whole global batch, so every target weighs the same whatever the
+            # number of processes or micro-batches (DDP averages gradients over ranks: hence x num_processes).
+            scale = accelerator.num_processes / global_targets.clamp(min=1)
+            step_loss = torch.zeros((), device=accelerator.device)
+            for index, batch in enumerate(micro_batches):
+                sync = index == len(micro_batches) - 1
+                with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+                    loss_sum, _, _ = loss_function(model, batch)
+                    if loop["step"] + 1 in injected:
+                        loss_sum = loss_sum * float("nan")
+                    accelerator.backward(loss_sum * scale)
+                step_loss += loss_sum.detach()
+            # The gradient norm is the same on every rank after the all-reduce: all ranks skip (or not) together.
+            gradient_norm = accelerator.clip_grad_norm_(model.parameters(), training.max_grad_norm or float("inf"))
+            learning_rate = training.learning_rate * learning_rate_multiplier(
+                progress_of_budget(next_step=True), training.lr_scheduler_type, warmup, training.decay_ratio, training.min_lr_ratio)
+            if torch.isfinite(gradient_norm):
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate
+                optimizer.step()
+                consecutive_bad = 0
+            else:
+                loop["nonfinite_steps"] = loop.get("nonfinite_steps", 0) + 1
+                consecutive_bad += 1
+                accelerator.print(f"step {loop['step'] + 1}: non-finite loss or gradient, step skipped "
+                                  f"({loop['nonfinite_steps']} so far, {consecutive_bad} in a row)")
+                if consecutive_bad >= training.max_consecutive_nonfinite_steps:
+                    raise TrainingError(f"{consecutive_bad} consecutive steps had a non-finite loss or gradient (step "
+                                        f"{loop['step'] + 1}); lower training.learning_rate or use bf16 instead of fp16; "
+                                        f"the last good checkpoint is {find_latest_checkpoint(output_dir) or 'none'}")
+            optimizer.zero_grad(set_to_none=True)
 
-        step_tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel() for b in micro_batches)
-        seconds = time.perf_counter() - step_start
-        loop["step"] += 1
-        loop["tokens"] += step_tokens * accelerator.num_processes
-        if training.max_time:  # every rank uses rank 0's clock, so all stop (and schedule) together
-            elapsed = broadcast(torch.tensor([loop["elapsed"] + seconds], dtype=torch.float64, device=accelerator.device))
-            loop["elapsed"] = float(elapsed.item())
-        else:
-            loop["elapsed"] += seconds
-        window["pending"] = window.get("pending", torch.zeros((), device=accelerator.device)) + step_loss
-        window["targets"] += int(global_targets.item())
-        window["steps"] += 1
-        window["tokens"] += step_tokens * accelerator.num_processes
-        window["seconds"] += seconds
-        window["wait"] += data_wait
-        progress.update(1)
+            step_tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
+                              for b in micro_batches)
+            seconds = time.perf_counter() - step_start
+            loop["step"] += 1
+            loop["tokens"] += step_tokens * accelerator.num_processes
+            if training.max_time:  # every rank uses rank 0's clock, so all stop (and schedule) together
+                elapsed = broadcast(torch.tensor([loop["elapsed"] + seconds], dtype=torch.float64, device=accelerator.device))
+                loop["elapsed"] = float(elapsed.item())
+            else:
+                loop["elapsed"] += seconds
+            if torch.isfinite(gradient_norm):
+                window["pending"] = window.get("pending", torch.zeros((), device=accelerator.device)) + step_loss
+                window["targets"] += int(global_targets.item())
+            window["steps"] += 1
+            window["tokens"] += step_tokens * accelerator.num_processes
+            window["seconds"] += seconds
+            window["wait"] += data_wait
+            progress.update(round(seconds, 3) if time_bar else 1)
 
-        if loop["step"] % training.logging_steps == 0 or progress_of_budget() >= 1.0:
-            total_loss = accelerator.reduce(window.pop("pending"), "sum").item()
-            tokens_per_second = window["tokens"] / max(window["seconds"], 1e-9)
-            record = {"step": loop["step"], "loss": total_loss / max(window["targets"], 1), "learning_rate": learning_rate,
-                      "tokens": loop["tokens"], "tokens_per_second": tokens_per_second,
-                      "flops_per_second": tokens_per_second * model_flops_per_token,
-                      "data_wait_fraction": window["wait"] / max(window["seconds"], 1e-9), "elapsed": loop["elapsed"]}
-            metrics.write(record)
-            last_logged = record
-            progress.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{learning_rate:.2e}", tok_s=f"{tokens_per_second:,.0f}")
-            window = {"targets": 0, "steps": 0, "tokens": 0, "seconds": 0.0, "wait": 0.0}
+            done = progress_of_budget() >= 1.0
+            if loop["step"] % training.logging_steps == 0 or done:
+                total_loss = accelerator.reduce(window.pop("pending", torch.zeros((), device=accelerator.device)), "sum").item()
+                tokens_per_second = window["tokens"] / max(window["seconds"], 1e-9)
+                record = {"step": loop["step"], "loss": total_loss / max(window["targets"], 1) if window["targets"] else None,
+                          "learning_rate": learning_rate, "tokens": loop["tokens"], "tokens_per_second": tokens_per_second,
+                          "model_flops_utilization": tokens_per_second * model_flops_per_token / peak_flops if peak_flops else None,
+                          "data_wait_fraction": window["wait"] / max(window["seconds"], 1e-9), "elapsed": loop["elapsed"],
+                          "nonfinite_steps": loop.get("nonfinite_steps", 0)}
+                metrics.write(record)
+                last_logged = record
+                progress.set_postfix(loss=f"{record['loss']:.3f}" if record["loss"] is not None else "nan",
+                                     lr=f"{learning_rate:.2e}", tok_s=f"{tokens_per_second:,.0f}")
+                window = {"targets": 0, "steps": 0, "tokens": 0, "seconds": 0.0, "wait": 0.0}
 
-        done = progress_of_budget() >= 1.0
-        if eval_batches and ((config.evaluation.eval_steps and loop["step"] % config.evaluation.eval_steps == 0) or done):
-            last_eval = {"step": loop["step"], **evaluate(model, eval_batches, loss_function, accelerator)}
-            metrics.write(last_eval)
-            accelerator.print(f"step {loop['step']}: " + ", ".join(f"{k}={v:.4g}" for k, v in last_eval.items() if k != "step"))
-        if (training.save_steps and loop["step"] % training.save_steps == 0) or done:
-            save()
+            preempted = bool(agreed[1].item())
+            if eval_batches and ((config.evaluation.eval_steps and loop["step"] % config.evaluation.eval_steps == 0) or done):
+                last_eval = {"step": loop["step"], **evaluate(model, eval_batches, loss_function, accelerator)}
+                metrics.write(last_eval)
+                accelerator.print(f"step {loop['step']}: " + ", ".join(f"{k}={v:.4g}" for k, v in last_eval.items() if k != "step"))
+            if (training.save_steps and loop["step"] % training.save_steps == 0) or done or preempted:
+                save()
+            if preempted:
+                progress.close()
+                accelerator.print(f"stopped by a signal at step {loop['step']}; the checkpoint is saved. Resume with: "
+                                  f"sslnlp pretrain <recipe> output_dir={output_dir} training.resume_from_checkpoint=auto")
+                return {"steps": loop["step"], "tokens": loop["tokens"], "preempted": True, "output_dir": str(output_dir)}
     progress.close()
 
     export_model(accelerator, model, tokenizer, output_dir)
@@ -347,6 +444,9 @@ def pretrain(config: PretrainConfig) -> dict:
                "train_loss": last_logged["loss"] if last_logged else None,
                "tokens_per_second": loop["tokens"] / max(loop["elapsed"], 1e-9),
                "model_flops_per_token": model_flops_per_token, "world_size": accelerator.num_processes,
+               "mixed_precision": accelerator.mixed_precision, "nonfinite_steps": loop.get("nonfinite_steps", 0),
+               "model_flops_utilization": (loop["tokens"] / max(loop["elapsed"], 1e-9) / accelerator.num_processes
+                                           * model_flops_per_token / peak_flops) if peak_flops else None,
                "output_dir": str(output_dir), **{k: v for k, v in last_eval.items() if k != "step"}}
     if accelerator.is_main_process:
         (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -1,0 +1,174 @@
+"""Every recipe in recipes/ loads, passes its cross-field checks and builds its transformers model config; every launch
+config in recipes/accelerate/ is one that accelerate itself accepts. No weights are built, nothing is downloaded.
+
+    HF_HUB_OFFLINE=1 python -m pytest tests/test_recipes.py -q
+"""
+
+import os
+import re
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: never reach for the Hub
+
+import pytest
+import yaml
+
+from sslnlp.config import PretrainConfig, load_config
+from sslnlp.modeling import build_model_config, usable_positions
+from sslnlp.tokenizer import round_up_vocab_size, special_tokens_for
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+LAUNCH_CONFIGS = sorted((ROOT / "recipes" / "accelerate").glob("*.yaml"))
+PAPER_GPUS = 8  # the paper recipes' batch settings are written for one machine with 8 GPUs
+
+
+class StandInTokenizer:
+    """What build_model_config reads from a tokenizer: its length and special-token ids.
+
+    The length is what ``train_tokenizer`` targets for the recipe (vocab_size rounded up to a multiple of 64, reached on
+    a corpus of realistic size); the ids are the ones ``train_tokenizer`` assigns (special tokens first, in order).
+    """
+
+    def __init__(self, kind: str, objective: str, vocab_size: int):
+        self.size = round_up_vocab_size(vocab_size, 64)
+        special_tokens = special_tokens_for(kind, objective)
+        token_ids = {token: index for index, token in enumerate(dict.fromkeys(special_tokens.values()))}
+        for name in ("pad_token", "bos_token", "eos_token", "sep_token", "cls_token", "mask_token", "unk_token"):
+            token = special_tokens.get(name)
+            setattr(self, f"{name}_id", token_ids[token] if token is not None else None)
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def load_recipe(path: Path) -> PretrainConfig:
+    config = load_config(PretrainConfig, path)
+    config.check()
+    return config
+
+
+def model_config_of(config: PretrainConfig):
+    tokenizer = StandInTokenizer(config.tokenizer.kind, config.masking.objective, config.tokenizer.vocab_size)
+    return build_model_config(config.model, tokenizer, config.masking.objective, config.data.max_seq_length), tokenizer
+
+
+def test_there_are_recipes_and_launch_configs():
+    names = {path.name for path in RECIPES}
+    assert {"tiny-cpu.yaml", "bert-base.yaml", "roberta-base.yaml", "modernbert-base.yaml", "gpt2-small.yaml"} <= names
+    assert {path.name for path in LAUNCH_CONFIGS} >= {"cpu-2proc.yaml", "single-gpu.yaml", "ddp-8gpu.yaml", "fsdp-8gpu.yaml",
+                                                      "deepspeed-zero2-8gpu.yaml", "multinode-template.yaml"}
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda path: path.stem)
+def test_recipe_loads_and_builds_its_model_config(recipe):
+    config = load_recipe(recipe)
+    if config.model.model_name_or_path or config.tokenizer.tokenizer_name_or_path:
+        pytest.skip("the model config comes from a checkpoint / existing tokenizer (not available offline)")
+    model_config, tokenizer = model_config_of(config)
+    assert model_config.model_type == config.model.model_type
+    assert model_config.vocab_size >= len(tokenizer)
+    assert model_config.vocab_size % config.model.pad_vocab_to_multiple_of == 0
+    positions = usable_positions(model_config)
+    assert positions is None or positions >= config.data.max_seq_length
+    for key, value in config.model.config_overrides.items():  # overrides reach the config (or a property built from them)
+        if key in ("global_attn_every_n_layers", "rope_parameters", "global_rope_theta", "local_rope_theta"):
+            continue  # turned into layer_types / standardised rope parameters; checked for modernbert below
+        assert getattr(model_config, key) == value, key
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda path: path.stem)
+def test_recipe_header_names_files_that_exist(recipe):
+    header = [line for line in recipe.read_text().splitlines() if line.startswith("#")]
+    assert header, f"{recipe.name} needs a header comment: what it reproduces, its source, how to launch it"
+    for mentioned in re.findall(r"recipes/[\w./-]+\.yaml", "\n".join(header)):
+        assert (ROOT / mentioned).is_file(), f"{recipe.name} mentions {mentioned}, which does not exist"
+
+
+# Settings from the papers (and nanoGPT for GPT-2); see each recipe's header. The global batch is per-device batch x
+# accumulation x 8 GPUs.
+PAPER_SETTINGS = {
+    "bert-base": dict(
+        global_batch=256, max_seq_length=128, vocab_size=30528, mlm_probability=0.15, learning_rate=1e-4,
+        betas=(0.9, 0.999), weight_decay=0.01, warmup_steps=10000, scheduler="linear", mixed_precision="bf16",
+        model=dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)),
+    "roberta-base": dict(
+        global_batch=8192, max_seq_length=512, vocab_size=50304, mlm_probability=0.15, learning_rate=6e-4,
+        betas=(0.9, 0.98), adam_epsilon=1e-6, weight_decay=0.01, warmup_steps=24000, max_steps=500000,
+        scheduler="linear", mixed_precision="bf16",
+        model=dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)),
+    "modernbert-base": dict(
+        global_batch=4608, max_seq_length=1024, vocab_size=50368, mlm_probability=0.3, learning_rate=8e-4,
+        betas=(0.9, 0.98), weight_decay=1e-5, scheduler="wsd", mixed_precision="bf16",
+        model=dict(hidden_size=768, num_hidden_layers=22, num_attention_heads=12, intermediate_size=1152,
+                   local_attention=128)),
+    "gpt2-small": dict(
+        global_batch=480, max_seq_length=1024, vocab_size=50304, learning_rate=6e-4, betas=(0.9, 0.95),
+        weight_decay=0.1, warmup_steps=2000, max_steps=600000, scheduler="cosine", min_lr_ratio=0.1, max_grad_norm=1.0,
+        mixed_precision="bf16", model=dict(n_embd=768, n_layer=12, n_head=12, n_positions=1024)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_SETTINGS))
+def test_paper_recipe_keeps_the_paper_settings(name):
+    expected = PAPER_SETTINGS[name]
+    recipe = ROOT / "recipes" / f"{name}.yaml"
+    config = load_recipe(recipe)
+    training = config.training
+    assert training.per_device_train_batch_size * training.gradient_accumulation_steps * PAPER_GPUS == expected["global_batch"]
+    assert config.data.max_seq_length == expected["max_seq_length"]
+    assert (training.adam_beta1, training.adam_beta2) == expected["betas"]
+    assert training.learning_rate == pytest.approx(expected["learning_rate"])
+    assert training.weight_decay == pytest.approx(expected["weight_decay"])
+    assert training.lr_scheduler_type == expected["scheduler"]
+    assert training.mixed_precision == expected["mixed_precision"]
+    for key in ("warmup_steps", "max_steps", "min_lr_ratio", "max_grad_norm", "adam_epsilon"):
+        if key in expected:
+            assert getattr(training, key) == pytest.approx(expected[key]), key
+    if "mlm_probability" in expected:
+        assert config.masking.objective == "mlm"
+        assert config.masking.mlm_probability == pytest.approx(expected["mlm_probability"])
+        assert (config.masking.mask_replace_probability, config.masking.random_replace_probability) == (0.8, 0.1)
+    else:
+        assert config.masking.objective == "clm"
+    model_config, _ = model_config_of(config)
+    assert model_config.vocab_size == expected["vocab_size"]
+    for key, value in expected["model"].items():
+        assert getattr(model_config, key) == value, key
+    header = "\n".join(line for line in recipe.read_text().splitlines() if line.startswith("#"))
+    assert f"accelerate launch --config_file recipes/accelerate/ddp-8gpu.yaml -m sslnlp pretrain recipes/{name}.yaml" in header
+    assert f"sslnlp pretrain recipes/{name}.yaml training.gradient_accumulation_steps=" in header  # the one-GPU launch
+
+
+def test_modernbert_alternates_global_and_local_attention():
+    model_config, _ = model_config_of(load_recipe(ROOT / "recipes" / "modernbert-base.yaml"))
+    assert model_config.layer_types == ["full_attention" if layer % 3 == 0 else "sliding_attention" for layer in range(22)]
+    assert model_config.rope_parameters["full_attention"]["rope_theta"] == 10000.0  # phase 1 (before context extension)
+    assert model_config.rope_parameters["sliding_attention"]["rope_theta"] == 10000.0
+
+
+def test_bert_phase_one_ends_on_the_papers_linear_decay():
+    # The paper decays linearly from 1e-4 after 10k warmup steps to 0 at step 1M; phase 1 stops at 900k.
+    training = load_recipe(ROOT / "recipes" / "bert-base.yaml").training
+    paper_rate_at_900k = (1_000_000 - 900_000) / (1_000_000 - training.warmup_steps)
+    assert training.max_steps == 900_000
+    assert training.min_lr_ratio == pytest.approx(paper_rate_at_900k, abs=1e-5)
+
+
+@pytest.mark.parametrize("launch_config", LAUNCH_CONFIGS, ids=lambda path: path.stem)
+def test_launch_config_is_accepted_by_accelerate(launch_config):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    values = yaml.safe_load(launch_config.read_text())
+    assert "distributed_type" in values and "num_processes" in values
+    assert isinstance(values["distributed_type"], str) and isinstance(values["mixed_precision"], str)  # not YAML's no -> False
+    assert values["num_processes"] % values.get("num_machines", 1) == 0
+    cluster = load_config_from_file(str(launch_config))  # raises on unknown keys or values accelerate does not know
+    assert cluster.num_processes == values["num_processes"]
+
+
+def test_cpu_launch_config_starts_two_processes():
+    values = yaml.safe_load((ROOT / "recipes" / "accelerate" / "cpu-2proc.yaml").read_text())
+    assert values["num_processes"] == 2
+    assert values["use_cpu"] is True
+    assert values["mixed_precision"] == "no"
