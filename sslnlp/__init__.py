@@ -7,10 +7,15 @@
 
 from sslnlp.config import (
     DataConfig,
+    EvaluateConfig,
     EvaluationConfig,
+    FinetuneConfig,
+    HubConfig,
     MaskingConfig,
     ModelConfig,
     PretrainConfig,
+    ProbeConfig,
+    TaskConfig,
     TokenizerConfig,
     TrainingConfig,
     load_config,
@@ -18,6 +23,7 @@ from sslnlp.config import (
 from sslnlp.corpus import Corpus, CorpusError, load_corpus
 from sslnlp.masking import CausalLanguageModelingCollator, MaskedLanguageModelingCollator, build_collator
 from sslnlp.packing import BlockStream, PackedBlocks
+from sslnlp.tasks import LabelledTask, load_task
 from sslnlp.tokenizer import load_tokenizer, train_tokenizer
 
 
@@ -28,10 +34,32 @@ def pretrain(config):
     return run(config)
 
 
+def probe(config):
+    """Linear-probe a checkpoint on labelled tasks; see :func:`sslnlp.evaluate.probe`."""
+    from sslnlp.evaluate import probe as run
+
+    return run(config)
+
+
+def finetune(config):
+    """Fine-tune a checkpoint on labelled tasks; see :func:`sslnlp.evaluate.finetune`."""
+    from sslnlp.evaluate import finetune as run
+
+    return run(config)
+
+
+def push_to_hub(output_dir, repo_id, **options):
+    """Push a finished run (model, tokenizer, metrics, model card) to the Hub; see :func:`sslnlp.hub.push_to_hub`."""
+    from sslnlp.hub import push_to_hub as push
+
+    return push(output_dir, repo_id, **options)
+
+
 __all__ = [
-    "BlockStream", "CausalLanguageModelingCollator", "Corpus", "CorpusError", "DataConfig", "EvaluationConfig",
-    "MaskedLanguageModelingCollator", "MaskingConfig", "ModelConfig", "PackedBlocks", "PretrainConfig",
-    "TokenizerConfig", "TrainingConfig", "build_collator", "load_config", "load_corpus", "load_tokenizer", "pretrain",
-    "train_tokenizer",
+    "BlockStream", "CausalLanguageModelingCollator", "Corpus", "CorpusError", "DataConfig", "EvaluateConfig",
+    "EvaluationConfig", "FinetuneConfig", "HubConfig", "LabelledTask", "MaskedLanguageModelingCollator", "MaskingConfig",
+    "ModelConfig", "PackedBlocks", "PretrainConfig", "ProbeConfig", "TaskConfig", "TokenizerConfig", "TrainingConfig",
+    "build_collator", "finetune", "load_config", "load_corpus", "load_task", "load_tokenizer", "pretrain", "probe",
+    "push_to_hub", "train_tokenizer",
 ]
 __version__ = "0.1.0"

@@ -19,6 +19,8 @@ import re
 import shutil
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 LOOP_STATE = "loop_state.json"
 
@@ -79,26 +81,65 @@ def resolve_resume(resume_from_checkpoint: str | None, output_dir: str | Path) -
     return path
 
 
+def _raise_if_any_rank_failed(accelerator, failure: BaseException | None, what: str) -> None:
+    """All ranks agree on success (one small all-reduce), so a failed write on one rank makes every rank raise
+    instead of leaving the others waiting at the next barrier."""
+    failed = failure is not None
+    if accelerator.num_processes > 1:
+        import torch
+
+        flag = accelerator.reduce(torch.tensor([float(failed)], device=accelerator.device), "sum")
+        failed = bool(flag.item())
+    if failed:
+        if failure is not None:
+            raise failure
+        raise OSError(f"another rank failed while {what}")
+
+
 def save_checkpoint(accelerator, output_dir: str | Path, step: int, loop_state: dict, rank_state: dict, keep: int) -> Path:
-    """Save a complete checkpoint for ``step`` atomically; keep the newest ``keep``. Call on every rank."""
+    """Save a complete checkpoint for ``step`` atomically; keep the newest ``keep``. Call on every rank.
+
+    On a write error (disk full, permissions) the partial directory is removed, the previous checkpoints stay as
+    they were, and every rank raises the OSError.
+    """
     root = checkpoints_root(output_dir)
     final = root / f"checkpoint-{step:08d}"
     temporary = root / f".tmp-checkpoint-{step:08d}"
+    failure = None
+    try:
+        if accelerator.is_main_process:
+            if temporary.exists():
+                shutil.rmtree(temporary)
+            temporary.mkdir(parents=True)
+    except OSError as error:
+        failure = error
+    _raise_if_any_rank_failed(accelerator, failure, "creating the checkpoint directory")
+    try:
+        accelerator.save_state(str(temporary), safe_serialization=True)
+        write_json_atomic(temporary / f"rank_state_{accelerator.process_index}.json", rank_state)
+    except OSError as error:
+        failure = error
+    except SafetensorError as error:  # safetensors reports a full disk as its own error type
+        failure = OSError(str(error).split(": ", 1)[-1])
+    try:
+        _raise_if_any_rank_failed(accelerator, failure, "writing the checkpoint")
+    except OSError:
+        if accelerator.is_main_process:
+            shutil.rmtree(temporary, ignore_errors=True)  # free the space; it never looked complete anyway
+        raise
     if accelerator.is_main_process:
-        if temporary.exists():
-            shutil.rmtree(temporary)
-        temporary.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(temporary), safe_serialization=True)
-    write_json_atomic(temporary / f"rank_state_{accelerator.process_index}.json", rank_state)
-    accelerator.wait_for_everyone()
+        try:
+            write_json_atomic(temporary / LOOP_STATE, loop_state)
+            _fsync_directory(temporary)
+            if final.exists():  # the same step saved again (resume then immediate save): replace it whole
+                shutil.rmtree(final)
+            os.replace(temporary, final)
+            _fsync_directory(root)
+        except OSError as error:
+            failure = error
+            shutil.rmtree(temporary, ignore_errors=True)
+    _raise_if_any_rank_failed(accelerator, failure, "completing the checkpoint")
     if accelerator.is_main_process:
-        write_json_atomic(temporary / LOOP_STATE, loop_state)
-        _fsync_directory(temporary)
-        if final.exists():  # the same step saved again (resume then immediate save): replace it whole
-            shutil.rmtree(final)
-        os.replace(temporary, final)
-        _fsync_directory(root)
         for _, old in list_checkpoints(output_dir)[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()

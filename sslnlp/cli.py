@@ -1,7 +1,9 @@
-"""Command line: `sslnlp pretrain|tokenizer RECIPE key=value ...`, each a thin shell over a library function.
+"""Command line: `sslnlp pretrain|probe|finetune|tokenizer|push ...`, each a thin shell over a library function.
 
     sslnlp pretrain recipes/tiny-cpu.yaml output_dir=runs/tiny training.max_steps=100
     sslnlp pretrain --help                      # every config key with its default and meaning
+    sslnlp probe recipes/evaluate/probe-wordnet.yaml model_name_or_path=runs/tiny-cpu
+    sslnlp finetune recipes/evaluate/probe-wordnet.yaml model_name_or_path=runs/tiny-cpu
     sslnlp tokenizer corpus.jsonl.gz --output-dir runs/tok --kind bpe --vocab-size 32000
     accelerate launch --config_file recipes/accelerate/cpu-2proc.yaml -m sslnlp pretrain recipes/tiny-cpu.yaml
 
@@ -29,7 +31,7 @@ def _config_epilog(cls) -> str:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    from sslnlp.config import PretrainConfig
+    from sslnlp.config import EvaluateConfig, PretrainConfig
     from sslnlp.tokenizer import add_tokenizer_arguments
 
     parser = argparse.ArgumentParser(prog="sslnlp", description="Self-supervised pretraining of language models.")
@@ -40,9 +42,21 @@ def make_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("recipe", nargs="?", help="recipe YAML (optional: defaults otherwise)")
     pretrain.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. training.max_steps=100")
     pretrain.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    for name, help_text in (("probe", "linear probes of a checkpoint's frozen representations on labelled tasks"),
+                            ("finetune", "fine-tune a checkpoint on labelled tasks (several seeds)")):
+        evaluate = commands.add_parser(name, help=help_text, epilog=_config_epilog(EvaluateConfig),
+                                       formatter_class=argparse.RawDescriptionHelpFormatter)
+        evaluate.add_argument("recipe", nargs="?", help="evaluation recipe YAML (see recipes/evaluate/)")
+        evaluate.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. model_name_or_path=runs/x")
+        evaluate.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
     tokenizer = commands.add_parser("tokenizer", help="train a tokenizer on a corpus")
     add_tokenizer_arguments(tokenizer)
     tokenizer.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    from sslnlp.hub import add_push_arguments
+
+    push = commands.add_parser("push", help="push a finished run (model, tokenizer, metrics, model card) to the Hub")
+    add_push_arguments(push)
+    push.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
     return parser
 
 
@@ -65,10 +79,17 @@ def main(argv: list[str] | None = None) -> None:
     debug = args.debug or os.environ.get("SSLNLP_DEBUG") == "1"
     from sslnlp.tokenizer import run_tokenizer_command
 
-    commands = {"pretrain": run_pretrain, "tokenizer": run_tokenizer_command}
+    from sslnlp.train import TrainingError
+
+    from sslnlp.hub import run_push_command
+
+    from sslnlp.evaluate import run_finetune_command, run_probe_command
+
+    commands = {"pretrain": run_pretrain, "tokenizer": run_tokenizer_command, "push": run_push_command,
+                "probe": run_probe_command, "finetune": run_finetune_command}
     try:
         commands[args.command](args)
-    except (ValueError, FileNotFoundError, PermissionError, OSError) as error:
+    except (ValueError, OSError, TrainingError) as error:
         if debug:
             raise
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -131,6 +131,39 @@ class EvaluationConfig:
 
 
 @dataclass
+class HubConfig:
+    push_to_hub: bool = option(False, "Push the model (weights, config, tokenizer, metrics, model card) to the Hugging "
+                                      "Face Hub from a background thread of the main process; the token comes from "
+                                      "HF_TOKEN or `hf auth login`, never from a config.")
+    hub_model_id: str | None = option(None, "Hub repository, 'owner/name' or 'name' (your namespace); created if "
+                                            "missing.")
+    hub_private: bool = option(False, "Create the repository as private (an existing one keeps its visibility).")
+    hub_revision: str | None = option(None, "Branch to push to, created from main if missing (None: main).")
+    hub_strategy: str = option("end", "'end' (the final model), 'every_save' (also each checkpoint's exported model) "
+                                      "or 'checkpoint' (also the latest training state, as last-checkpoint/: resumable "
+                                      "from the Hub).")
+    hub_license: str = option("apache-2.0", "License in the model card's metadata (the Hub's license identifiers).")
+    hub_language: list = option(["en"], "Languages of the training text, in the model card's metadata.")
+    hub_max_attempts: int = option(5, "Tries per push; network errors, 408, 429 and 5xx are retried.")
+    hub_retry_delay: float = option(2.0, "Seconds before the first retry; doubles after each (at most 5 minutes).")
+    hub_wait_timeout: float = option(1800, "At the end of training, wait at most this many seconds for pending pushes.")
+
+    def check(self) -> None:
+        if self.hub_strategy not in ("end", "every_save", "checkpoint"):
+            raise ConfigError(f"hub.hub_strategy={self.hub_strategy!r} is not valid; choose one of end, every_save, "
+                              "checkpoint")
+        if self.push_to_hub and not self.hub_model_id:
+            raise ConfigError("hub.push_to_hub=true needs a repository: set hub.hub_model_id, e.g. "
+                              "hub.hub_model_id=your-name/tiny-bert")
+        repo = self.hub_model_id
+        if repo is not None and (not re.fullmatch(r"([\w.-]+/)?[\w.-]{1,96}", repo) or ".." in repo or "--" in repo):
+            raise ConfigError(f"hub.hub_model_id={repo!r} is not a Hub repository id; use 'owner/name' (letters, "
+                              "digits, '-', '_', '.')")
+        if self.hub_max_attempts < 1 or self.hub_retry_delay < 0 or self.hub_wait_timeout < 0:
+            raise ConfigError("hub.hub_max_attempts must be >= 1, hub.hub_retry_delay and hub.hub_wait_timeout >= 0")
+
+
+@dataclass
 class PretrainConfig:
     output_dir: str = option("runs/pretrain", "Run directory: checkpoints, metrics, final model.")
     data: DataConfig = field(default_factory=DataConfig)
@@ -139,6 +172,7 @@ class PretrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
 
     def check(self) -> None:
         """Reject contradictions before any work starts (model-dependent checks happen when the model config loads)."""
@@ -173,6 +207,7 @@ class PretrainConfig:
                               f"{len(self.data.train_files)} data.train_files entries; give one weight per entry")
         if not 0 <= training.warmup_ratio < 1 or not 0 <= training.decay_ratio <= 1:
             raise ConfigError("training.warmup_ratio must be in [0, 1) and training.decay_ratio in [0, 1]")
+        self.hub.check()
 
 
 # ---------------------------------------------------------------------------------------------------- loading
@@ -208,6 +243,8 @@ def _convert(value: Any, annotation: Any, key: str) -> Any:
         if annotation is float:
             return float(value)
         if annotation is str:
+            if isinstance(value, bool):  # YAML 1.1 reads a bare no / yes (mixed_precision: no) as a boolean
+                return "yes" if value else "no"
             return str(value)
         if annotation in (list, dict) or typing.get_origin(annotation) in (list, dict):
             if isinstance(value, str):
@@ -366,8 +403,8 @@ class ProbeOptions:
                                   "'last' (last token: decoders).")
     layer: int = option(-1, "Hidden layer to pool: -1 the last, 0 the embeddings, k the k-th layer's output.")
     per_device_eval_batch_size: int = option(64, "Examples per forward pass when extracting features.")
-    l2_grid: list = option([1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0], "L2 strengths tried (on standardized features); "
-                                                                 "the best on validation is reported.")
+    l2_grid: list = option([1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0], "L2 strengths tried (on standardized "
+                           "features; loss = mean cross-entropy + l2 / 2 x |W|^2); the best on validation is reported.")
     max_iterations: int = option(200, "L-BFGS iterations per L2 strength (logistic regression).")
     cache_features: bool = option(True, "Keep extracted features under output_dir/features (keyed by checkpoint, "
                                         "task and pooling) and reuse them.")

@@ -207,7 +207,9 @@ def peak_flops_per_second(device: torch.device, mixed_precision: str, configured
 
         dtype = torch.bfloat16 if mixed_precision == "bf16" else torch.float32
         size = 1024
-        a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+        generator = torch.Generator().manual_seed(0)  # never the global RNG: resumed runs must draw what the original did
+        a = torch.randn(size, size, generator=generator).to(dtype)
+        b = torch.randn(size, size, generator=generator).to(dtype)
         a @ b  # warm up
         best = float("inf")
         for _ in range(5):

@@ -26,6 +26,7 @@ import yaml
 from sslnlp.checkpoint import export_model, find_latest_checkpoint, load_checkpoint, resolve_resume, save_checkpoint
 from sslnlp.config import PretrainConfig, to_dict
 from sslnlp.corpus import HoldoutCorpus, load_corpus
+from sslnlp.hub import HubSync
 from sslnlp.masking import build_collator
 from sslnlp.modeling import (
     SparseMaskedLMHead,
@@ -98,6 +99,21 @@ def ensure_writable(output_dir: Path) -> None:
     except OSError as error:
         raise TrainingError(f"output_dir={str(output_dir)!r} is not writable ({error.strerror or error}); "
                             "choose another output_dir or fix its permissions") from None
+
+
+def make_accelerator(**options):
+    """An Accelerator. When this process already made one with other settings (pretrain() in bf16 then again in
+    fp32, in a notebook or a benchmark), the process-wide precision state is reset first, never the distributed one."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    try:
+        return Accelerator(**options)
+    except ValueError as error:
+        if "already been initialized" not in str(error):
+            raise
+        AcceleratorState._reset_state(reset_partial_state=False)
+        return Accelerator(**options)
 
 
 def resolve_mixed_precision(setting: str) -> str:
@@ -212,7 +228,8 @@ def evaluation_batches(config: PretrainConfig, corpus, tokenizer, accelerator) -
         if blocks >= config.evaluation.eval_blocks:
             break
     if not batches:
-        raise ValueError(f"the validation corpus {corpus.name} yields no text")
+        raise ValueError(f"the validation corpus {corpus.name} yields no text; is the corpus empty? Otherwise point "
+                         "data.validation_files at held-out text or raise data.validation_holdout_every's share")
     return batches[accelerator.process_index:: accelerator.num_processes]
 
 
@@ -246,17 +263,17 @@ def pretrain(config: PretrainConfig) -> dict:
         dict with steps, tokens, train_loss (mean of the last logging window), evaluation metrics, runtime,
         tokens_per_second and output_dir. The final model and tokenizer are in ``config.output_dir``.
     """
-    from accelerate import Accelerator
     from accelerate.utils import broadcast, set_seed
 
     config.check()
     training, objective = config.training, config.masking.objective
     output_dir = Path(config.output_dir)
-    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(training.mixed_precision),
-                              log_with=training.report_to or None, project_dir=str(output_dir))
+    accelerator = make_accelerator(mixed_precision=resolve_mixed_precision(training.mixed_precision),
+                                   log_with=training.report_to or None, project_dir=str(output_dir))
     if accelerator.is_main_process:
         ensure_writable(output_dir)
         (output_dir / "config.yaml").write_text(yaml.safe_dump(_plain(to_dict(config)), sort_keys=False))
+    hub = HubSync(config.hub, accelerator, output_dir)  # no-op unless hub.push_to_hub; pushes from rank 0's thread
     set_seed(training.seed)
 
     train_corpus, validation_corpus = training_and_validation_corpora(config.data)
@@ -331,12 +348,13 @@ def pretrain(config: PretrainConfig) -> dict:
         rank_state = {"data": train_stream.state_dict(),
                       "collator": collator.state_dict().get("generator", torch.zeros(0)).tolist()}
         try:
-            save_checkpoint(accelerator, output_dir, loop["step"], dict(loop), rank_state, training.save_total_limit)
+            checkpoint = save_checkpoint(accelerator, output_dir, loop["step"], dict(loop), rank_state, training.save_total_limit)
         except OSError as error:
             previous = find_latest_checkpoint(output_dir)
             raise TrainingError(f"cannot write the checkpoint of step {loop['step']} under {output_dir}/checkpoints "
                                 f"({error.strerror or error}); free space or fix permissions, then resume: the previous "
                                 f"checkpoint {previous or '(none)'} is intact") from None
+        hub.checkpoint_saved(model, tokenizer, checkpoint, final=progress_of_budget() >= 1.0)  # after its barrier
 
     model.train()
     batches = iter(train_stream)
@@ -432,6 +450,7 @@ def pretrain(config: PretrainConfig) -> dict:
                 progress.close()
                 accelerator.print(f"stopped by a signal at step {loop['step']}; the checkpoint is saved. Resume with: "
                                   f"sslnlp pretrain <recipe> output_dir={output_dir} training.resume_from_checkpoint=auto")
+                hub.wait()
                 return {"steps": loop["step"], "tokens": loop["tokens"], "preempted": True, "output_dir": str(output_dir)}
     progress.close()
 
@@ -450,6 +469,9 @@ def pretrain(config: PretrainConfig) -> dict:
                "output_dir": str(output_dir), **{k: v for k, v in last_eval.items() if k != "step"}}
     if accelerator.is_main_process:
         (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    pushes = hub.finish(summary)  # after the last collective: only rank 0 waits on the network
+    if pushes:
+        summary["hub_pushes"] = pushes
     accelerator.print(json.dumps(summary))
     return summary
 

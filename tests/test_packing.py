@@ -164,3 +164,18 @@ def test_mismatched_shard_count_is_refused(documents, wordpiece_tokenizer):
     other = BlockStream(PackedBlocks(load_corpus(documents), wordpiece_tokenizer, 32, world_size=2), batch_size=4)
     with pytest.raises(ValueError, match="same number of processes"):
         other.load_state_dict(stream.state_dict())
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_padded_final_block_keeps_its_mask_in_any_batch_position(documents, wordpiece_tokenizer, seed):
+    from sslnlp.masking import build_collator
+
+    dataset = PackedBlocks(load_corpus(documents[:57]), wordpiece_tokenizer, 32, repeat=False)
+    stream = BlockStream(dataset, batch_size=4, collate=build_collator(wordpiece_tokenizer, "mlm"),
+                         shuffle_buffer_size=16, seed=seed)
+    batches = list(stream)
+    padded = [b for b in batches if "attention_mask" in b]
+    assert len(padded) == 1  # the batch holding the final partial block, wherever it landed
+    mask = padded[0]["attention_mask"]
+    assert (mask.sum(1) < 32).sum() == 1 and (mask.sum(1) == 32).sum() == len(mask) - 1
+    assert not (padded[0]["labels"][mask == 0] != -100).any()

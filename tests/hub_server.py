@@ -1,0 +1,249 @@
+"""A local stand-in for the Hugging Face Hub's upload API, on 127.0.0.1, for the push tests.
+
+It speaks the subset of the Hub's HTTP protocol that ``huggingface_hub`` uses to create a repository and commit
+files on the classic path (Xet disabled): repo creation, branches, README metadata validation, the preupload call
+that chooses regular or LFS upload per file, the Git LFS batch API with "basic" transfers (PUT to a URL of this
+server, then verify), and the NDJSON commit. It keeps what it receives (repositories, branches, files, LFS objects,
+commits, and a log of requests) so tests can compare bytes. Downloads are not served: tests read ``files()``.
+
+    with HubServer() as hub:                       # HF_ENDPOINT=hub.url
+        hub.fail("/api/repos/create", times=2)     # the next two repo creations answer 503
+        ...
+        hub.files("me/tiny")                       # {path: bytes} of the main branch
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import yaml
+
+LFS_SUFFIXES = (".safetensors", ".bin", ".pkl", ".pt", ".pth", ".model", ".h5", ".npy", ".msgpack", ".zip", ".gz")
+LFS_MIN_BYTES = 10 * 2**20  # the Hub stores bigger files in LFS whatever their name
+
+
+class HubServer:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.repos: dict[str, dict] = {}  # repo_id -> {"private": bool, "branches": {name: {path: bytes}}}
+        self.lfs_objects: dict[str, bytes] = {}  # sha256 -> content
+        self.commits: list[dict] = []  # {"repo", "revision", "summary", "paths", "user_agent"}
+        self.creations: list[dict] = []  # every repo-creation request: {"repo", "private", "status"}
+        self.requests: list[dict] = []  # {"method", "path", "status", "user_agent", "authorization"}
+        self.failures: list[list] = []  # [path substring, remaining count]
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> HubServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def fail(self, path_contains: str = "", times: int = 1) -> None:
+        """Answer the next ``times`` requests whose path contains ``path_contains`` with 503."""
+        with self.lock:
+            self.failures.append([path_contains, times])
+
+    def files(self, repo_id: str, revision: str = "main") -> dict[str, bytes]:
+        with self.lock:
+            return dict(self.repos[repo_id]["branches"][revision])
+
+    def write_repo(self, repo_id: str, destination: Path, revision: str = "main") -> Path:
+        """What the server stored, as files under ``destination`` (to load with from_pretrained)."""
+        for path, content in self.files(repo_id, revision).items():
+            target = Path(destination) / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+        return Path(destination)
+
+    # ---------------------------------------------------------------------------------------------- handling
+
+    def _handler_class(self):
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _body(self) -> bytes:
+                if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+                    chunks = []
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                        if size == 0:
+                            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                                pass
+                            return b"".join(chunks)
+                        chunks.append(self.rfile.read(size))
+                        self.rfile.readline()
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def _reply(self, status: int, payload=None, headers: dict | None = None) -> None:
+                body = json.dumps(payload if payload is not None else {}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", (headers or {}).pop("Content-Type", "application/json"))
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                with hub.lock:
+                    hub.requests.append({"method": self.command, "path": urlsplit(self.path).path, "status": status,
+                                         "user_agent": self.headers.get("User-Agent", ""),
+                                         "authorization": self.headers.get("Authorization", "")})
+
+            def do_GET(self):
+                self._body()
+                self._reply(404, {"error": "downloads are not served by this test server"},
+                            {"X-Error-Code": "EntryNotFound"})
+
+            def do_PUT(self):
+                self._dispatch()
+
+            def do_POST(self):
+                self._dispatch()
+
+            def _dispatch(self):
+                body = self._body()  # always read whole: the connection is kept alive
+                path = urlsplit(self.path).path
+                with hub.lock:
+                    failure = next((f for f in hub.failures if f[1] > 0 and f[0] in path), None)
+                    if failure:
+                        failure[1] -= 1
+                if failure:
+                    return self._reply(503, {"error": "Service temporarily unavailable (injected)"})
+                try:
+                    hub._route(self, self.command, path, body)
+                except Exception as error:  # a bug here should show up as an HTTP error in the client
+                    self._reply(500, {"error": f"test server: {type(error).__name__}: {error}"})
+
+        return Handler
+
+    def _route(self, handler, method: str, path: str, body: bytes) -> None:
+        reply = handler._reply
+        if method == "POST" and path == "/api/repos/create":
+            payload = json.loads(body)
+            repo = f"{payload['organization']}/{payload['name']}" if payload.get("organization") else payload["name"]
+            with self.lock:
+                exists = repo in self.repos
+                if not exists:
+                    self.repos[repo] = {"private": payload.get("visibility") == "private" or bool(payload.get("private")),
+                                        "branches": {"main": {}}}
+                self.creations.append({"repo": repo, "private": self.repos[repo]["private"], "status": 409 if exists else 200})
+            if exists:
+                return reply(409, {"error": "You already created this model repo", "url": f"{self.url}/{repo}"})
+            return reply(200, {"url": f"{self.url}/{repo}", "name": repo})
+        if method == "POST" and path == "/api/validate-yaml":
+            content = json.loads(body)["content"]
+            match = re.match(r"^---\n(.*?)\n---\n", content, re.DOTALL)
+            try:
+                metadata = yaml.safe_load(match.group(1)) if match else {}
+                if not isinstance(metadata, dict):
+                    raise yaml.YAMLError("metadata is not a mapping")
+            except yaml.YAMLError as error:
+                return reply(400, {"errors": [{"message": f"invalid YAML: {error}"}], "warnings": []})
+            return reply(200, {"errors": [], "warnings": []})
+        match = re.fullmatch(r"/api/models/(.+)/(preupload|commit|branch)/([^/]+)", path)
+        if method == "POST" and match:
+            repo, action, revision = match.group(1), match.group(2), unquote(match.group(3))
+            with self.lock:
+                known = repo in self.repos
+            if not known:
+                return reply(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
+            return getattr(self, f"_{action}")(handler, repo, revision, body)
+        match = re.fullmatch(r"/(.+)\.git/info/lfs/objects/batch", path)
+        if method == "POST" and match:
+            return self._lfs_batch(handler, json.loads(body))
+        match = re.fullmatch(r"/lfs-objects/([0-9a-f]{64})", path)
+        if method == "PUT" and match:
+            if hashlib.sha256(body).hexdigest() != match.group(1):
+                return reply(400, {"error": "content does not match its sha256"})
+            with self.lock:
+                self.lfs_objects[match.group(1)] = body
+            return reply(200, {})
+        if method == "POST" and path == "/lfs-verify":
+            payload = json.loads(body)
+            with self.lock:
+                stored = self.lfs_objects.get(payload["oid"])
+            ok = stored is not None and len(stored) == payload["size"]
+            return reply(200 if ok else 422, {} if ok else {"error": "object missing or of another size"})
+        return reply(404, {"error": f"test server: no route for {method} {path}"})
+
+    def _branch(self, handler, repo: str, branch: str, body: bytes) -> None:
+        with self.lock:
+            branches = self.repos[repo]["branches"]
+            if branch in branches:
+                return handler._reply(409, {"error": "Reference already exists"})
+            branches[branch] = dict(branches["main"])
+        return handler._reply(200, {})
+
+    def _preupload(self, handler, repo: str, revision: str, body: bytes) -> None:
+        files = json.loads(body)["files"]
+        modes = [{"path": f["path"], "shouldIgnore": False, "oid": None,
+                  "uploadMode": "lfs" if f["size"] >= LFS_MIN_BYTES or f["path"].endswith(LFS_SUFFIXES) else "regular"}
+                 for f in files]
+        return handler._reply(200, {"files": modes, "commitOid": "0" * 40})
+
+    def _lfs_batch(self, handler, payload: dict) -> None:
+        objects = []
+        for item in payload["objects"]:
+            entry = {"oid": item["oid"], "size": item["size"], "authenticated": True}
+            with self.lock:
+                stored = item["oid"] in self.lfs_objects
+            if not stored:  # no "actions": the client skips objects the server already has
+                entry["actions"] = {"upload": {"href": f"{self.url}/lfs-objects/{item['oid']}"},
+                                    "verify": {"href": f"{self.url}/lfs-verify"}}
+            objects.append(entry)
+        return handler._reply(200, {"transfer": "basic", "objects": objects},
+                              {"Content-Type": "application/vnd.git-lfs+json"})
+
+    def _commit(self, handler, repo: str, revision: str, body: bytes) -> None:
+        lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
+        header = next(line["value"] for line in lines if line["key"] == "header")
+        with self.lock:
+            branches = self.repos[repo]["branches"]
+            if revision not in branches:
+                return handler._reply(404, {"error": f"Invalid rev id: {revision}"}, {"X-Error-Code": "RevisionNotFound"})
+            files = dict(branches[revision])
+            for line in lines:
+                value = line["value"]
+                if line["key"] == "file":
+                    files[value["path"]] = base64.b64decode(value["content"])
+                elif line["key"] == "lfsFile":
+                    if value["oid"] not in self.lfs_objects:
+                        return handler._reply(422, {"error": f"LFS object {value['oid']} was never uploaded"})
+                    files[value["path"]] = self.lfs_objects[value["oid"]]
+                elif line["key"] == "deletedFile":
+                    files.pop(value["path"], None)
+                elif line["key"] == "deletedFolder":
+                    files = {p: c for p, c in files.items() if not p.startswith(value["path"].rstrip("/") + "/")}
+            branches[revision] = files
+            oid = hashlib.sha1(f"{repo}{revision}{len(self.commits)}".encode()).hexdigest()
+            self.commits.append({"repo": repo, "revision": revision, "summary": header["summary"],
+                                 "paths": sorted(line["value"]["path"] for line in lines if line["key"] != "header"),
+                                 "user_agent": handler.headers.get("User-Agent", "")})
+        return handler._reply(200, {"commitUrl": f"{self.url}/{repo}/commit/{oid}", "commitOid": oid,
+                                    "pullRequestUrl": None})
+
+
+def unused_port_url() -> str:
+    """The URL of a port on 127.0.0.1 where nothing listens: a Hub that is down (connection refused)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"

@@ -1,0 +1,104 @@
+"""Table-driven: malformed inputs through the command line end with one line `sslnlp: error: ...`, status 2,
+no traceback, naming what is wrong and what to do."""
+
+import gzip
+import json
+
+import pytest
+from conftest import tiny_overrides
+
+from sslnlp.cli import main
+
+GOOD = json.dumps({"text": "the cat sees the red ball"}) + "\n"
+LATIN1_LINE = '{"text": "café"}\n'.encode("latin-1")
+
+
+def write(tmp_path, name, content: bytes | str) -> str:
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return str(path)
+
+
+def truncated_gzip(tmp_path) -> str:
+    payload = gzip.compress((GOOD * 3000).encode())
+    return write(tmp_path, "cut.jsonl.gz", payload[: len(payload) // 2])
+
+
+def not_a_model(tmp_path) -> str:
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("just notes")
+    return str(tmp_path / "notes")
+
+
+def bigger_tokenizer_model(tmp_path, wordpiece_dir, corpus_file) -> str:
+    """A tiny checkpoint whose vocabulary (64 rows) is smaller than the test tokenizer's."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    BertForMaskedLM(BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=64, max_position_embeddings=64)).save_pretrained(tmp_path / "small-vocab")
+    return str(tmp_path / "small-vocab")
+
+
+# name -> (overrides builder(tmp_path, wordpiece_dir, corpus_file) -> list[str], expected message fragment)
+CASES = {
+    "missing corpus file": (lambda t, w, c: [f"data.train_files={t}/nope.jsonl"], "nope.jsonl' does not exist; check the path"),
+    "empty glob": (lambda t, w, c: [f"data.train_files={t}/*.parquet"], "matched no files"),
+    "empty corpus": (lambda t, w, c: [f"data.train_files={write(t, 'empty.jsonl', chr(10) * 3)}"], "yields no text; is the corpus empty?"),
+    "empty corpus, no validation": (lambda t, w, c: [f"data.train_files={write(t, 'empty.jsonl', chr(10) * 3)}",
+                                                     "data.validation_holdout_every=0"], "has no documents"),
+    "malformed json": (lambda t, w, c: [f"data.train_files={write(t, 'bad.jsonl', GOOD + '{oops' + chr(10))}"], "bad.jsonl:2: malformed JSON"),
+    "missing text field": (lambda t, w, c: [f"data.train_files={write(t, 'f.jsonl', json.dumps({'body': 'x'}) + chr(10))}"],
+                           "f.jsonl:1: no 'text' field (found ['body']); set data.text_field"),
+    "invalid utf-8": (lambda t, w, c: [f"data.train_files={write(t, 'u.jsonl', GOOD.encode() + LATIN1_LINE)}"],
+                      "u.jsonl:2: invalid UTF-8"),
+    "binary file": (lambda t, w, c: [f"data.train_files={write(t, 'bin.txt', bytes(range(256)) * 4)}"], "contains NUL bytes"),
+    "enormous line": (lambda t, w, c: [f"data.train_files={write(t, 'big.txt', 'x' * 5000)}", "data.max_document_bytes=1000"],
+                      "big.txt:1: record longer than max_document_bytes=1000"),
+    "truncated gzip": (lambda t, w, c: [f"data.train_files={truncated_gzip(t)}"], "the file is truncated or corrupt"),
+    "unknown key": (lambda t, w, c: ["training.learnig_rate=1e-3"], "unknown config key 'training.learnig_rate'; did you mean 'training.learning_rate'"),
+    "unknown section": (lambda t, w, c: ["trainig.max_steps=3"], "unknown config key 'trainig.max_steps'"),
+    "bad int": (lambda t, w, c: ["training.max_steps=ten"], "training.max_steps='ten' is not a valid int"),
+    "bad choice": (lambda t, w, c: ["training.lr_scheduler_type=triangle"], "training.lr_scheduler_type='triangle' is not valid; choose one of"),
+    "override without =": (lambda t, w, c: ["training.max_steps"], "must look like key=value"),
+    "no budget": (lambda t, w, c: ["training.max_steps=0"], "no training budget"),
+    "mlm on a decoder": (lambda t, w, c: ["model.model_type=gpt2", "model.config_overrides={}"], "model type 'gpt2' has no masked-LM (mlm) head"),
+    "unknown model type": (lambda t, w, c: ["model.model_type=bertt"], "model.model_type='bertt'"),
+    "sequence too long": (lambda t, w, c: ["data.max_seq_length=128"], "data.max_seq_length=128 exceeds the model's 64 positions"),
+    "whole word with clm": (lambda t, w, c: ["masking.objective=clm", "masking.masking=whole_word"], "applies to objective 'mlm' only"),
+    "mixture weights mismatch": (lambda t, w, c: [f"data.train_files=[{c}, {c}]", "data.mixture_weights=[1]"], "data.mixture_weights has 1 weights for 2"),
+    "missing tokenizer": (lambda t, w, c: [f"tokenizer.tokenizer_name_or_path={t}/no-tokenizer"], "cannot load tokenizer"),
+    "checkpoint dir not a model": (lambda t, w, c: [f"model.model_name_or_path={not_a_model(t)}", f"tokenizer.tokenizer_name_or_path={w}"],
+                                   "is not a loadable model"),
+    "tokenizer bigger than model vocabulary": (lambda t, w, c: [f"model.model_name_or_path={bigger_tokenizer_model(t, w, c)}", f"tokenizer.tokenizer_name_or_path={w}"],
+                                               "but the model's vocabulary has 64; use the tokenizer the checkpoint was trained with"),
+    "resume from a non-checkpoint": (lambda t, w, c: [f"training.resume_from_checkpoint={t}"], "is not a complete checkpoint"),
+    "unwritable output dir": (lambda t, w, c: [f"output_dir={write(t, 'file', 'x')}/run"], "is not writable"),
+    "bad mask rate": (lambda t, w, c: ["masking.mlm_probability=1.5"], "mlm_probability=1.5 must be in (0, 1)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_gives_one_line_error(case, tmp_path, wordpiece_dir, corpus_file, capsys):
+    build, expected = CASES[case]
+    arguments = tiny_overrides(tmp_path / "run", wordpiece_dir, steps=3, **{"data.train_files": corpus_file})
+    arguments += build(tmp_path, wordpiece_dir, corpus_file)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pretrain", *arguments])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("sslnlp: error: "), err[-5:]
+    assert expected in err[-1], err[-1]
+    assert not any("Traceback" in line for line in err)
+
+
+def test_bad_recipe_files(tmp_path, capsys):
+    for content, expected in [("training:\n  max_steps: [\n", "invalid YAML"), ("- a list\n", "must be a mapping"),
+                              ("trainig:\n  max_steps: 3\n", "unknown config key 'trainig'; did you mean 'training'")]:
+        recipe = write(tmp_path, "recipe.yaml", content)
+        with pytest.raises(SystemExit):
+            main(["pretrain", recipe])
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert last.startswith(f"sslnlp: error: {recipe}") and expected in last, last
+    with pytest.raises(SystemExit):
+        main(["pretrain", str(tmp_path / "missing.yaml")])
+    assert "does not exist; see recipes/" in capsys.readouterr().err
