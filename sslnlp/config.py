@@ -128,6 +128,10 @@ class EvaluationConfig:
     per_device_eval_batch_size: int = option(32, "Blocks per evaluation batch.")
     eval_mlm_probability: float = option(0.15, "Masking rate of evaluation (fixed, so runs compare).")
     eval_seed: int = option(1234, "Seed of the evaluation masks (fixed, so runs compare).")
+    probe_task: dict = option({}, "A labelled task (TaskConfig keys, e.g. {train_file: ..., label_field: ...} or "
+                                  "{name: sst2}) to probe during pretraining; empty: no probe.")
+    probe_steps: int = option(0, "Run the linear probe every N steps (0: only at the end, when probe_task is set).")
+    probe_pooling: str = option("mean", "Probe features: 'mean' or 'first' token pooling of the last layer.")
 
 
 @dataclass

@@ -250,6 +250,32 @@ def evaluate(model, batches: list[dict], loss_function, accelerator) -> dict:
             "eval_targets": int(totals[1].item())}
 
 
+def load_probe_task(evaluation):
+    """The labelled task probed during pretraining, loaded (and checked) before training starts; None without one."""
+    if not evaluation.probe_task:
+        return None
+    from sslnlp.config import TaskConfig, build
+    from sslnlp.tasks import load_task
+
+    if evaluation.probe_pooling not in ("mean", "first"):
+        raise ValueError(f"evaluation.probe_pooling={evaluation.probe_pooling!r}; choose one of mean, first")
+    return load_task(build(TaskConfig, evaluation.probe_task, "evaluation.probe_task."))
+
+
+def run_probe(model, tokenizer, task, config: PretrainConfig, accelerator, step: int) -> dict:
+    """A linear probe of the model as it is now: representation quality next to the loss in metrics.jsonl."""
+    from sslnlp.config import ProbeOptions
+    from sslnlp.evaluate import probe_model
+
+    result = probe_model(accelerator.unwrap_model(model), tokenizer, task, ProbeOptions(pooling=config.evaluation.probe_pooling),
+                         max_seq_length=config.data.max_seq_length, accelerator=accelerator)
+    metric, score = result["metric"], result["test"][result["metric"]]  # "test": the task's reported split
+    record = {"step": step, "probe_task": task.name, "probe_metric": metric, "probe_split": result["split"],
+              f"probe_{metric}": score, "probe_seconds": result["seconds"]}
+    accelerator.print(f"step {step}: probe {task.name} ({result['split']}) {metric}={score:.4f}")
+    return record
+
+
 # --------------------------------------------------------------------------------------------------------- loop
 
 
@@ -300,6 +326,7 @@ def pretrain(config: PretrainConfig) -> dict:
     train_stream = BlockStream(train_blocks, training.per_device_train_batch_size, collator, num_workers=data.num_workers,
                                shuffle_buffer_size=data.shuffle_buffer_size, seed=data.seed)
     eval_batches = evaluation_batches(config, validation_corpus, tokenizer, accelerator)
+    probe_task = load_probe_task(config.evaluation)
 
     optimizer = torch.optim.AdamW(parameter_groups(model, training.weight_decay), lr=training.learning_rate,
                                   betas=(training.adam_beta1, training.adam_beta2), eps=training.adam_epsilon,
@@ -444,6 +471,9 @@ def pretrain(config: PretrainConfig) -> dict:
                 last_eval = {"step": loop["step"], **evaluate(model, eval_batches, loss_function, accelerator)}
                 metrics.write(last_eval)
                 accelerator.print(f"step {loop['step']}: " + ", ".join(f"{k}={v:.4g}" for k, v in last_eval.items() if k != "step"))
+            probe_steps = config.evaluation.probe_steps
+            if probe_task is not None and ((probe_steps and loop["step"] % probe_steps == 0) or done):
+                metrics.write(run_probe(model, tokenizer, probe_task, config, accelerator, loop["step"]))
             if (training.save_steps and loop["step"] % training.save_steps == 0) or done or preempted:
                 save()
             if preempted:

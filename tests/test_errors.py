@@ -102,3 +102,41 @@ def test_bad_recipe_files(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["pretrain", str(tmp_path / "missing.yaml")])
     assert "does not exist; see recipes/" in capsys.readouterr().err
+
+
+def labelled(tmp_path, rows) -> str:
+    return write(tmp_path, "task.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+
+
+GOOD_ROWS = [{"text": f"sentence number {i}", "label": ["a", "b"][i % 2]} for i in range(40)]
+
+EVALUATION_CASES = {
+    "not a model": (lambda t, w: [f"model_name_or_path={not_a_model(t)}", f"tasks=[{{train_file: {labelled(t, GOOD_ROWS)}}}]"],
+                    "is not a loadable model"),
+    "missing task file": (lambda t, w: [f"tasks=[{{train_file: {t}/none.jsonl}}]"], "none.jsonl' does not exist; check the path"),
+    "missing label column": (lambda t, w: [f"tasks=[{{train_file: {labelled(t, GOOD_ROWS)}, label_field: gold}}]"],
+                             "task.jsonl:1: no column 'gold' (found ['text', 'label']); set the task's label_field"),
+    "regression label not a number": (lambda t, w: [f"tasks=[{{train_file: {labelled(t, GOOD_ROWS)}, problem_type: regression}}]"],
+                                      "task.jsonl:1: label 'a' is not a number; problem_type=regression needs numeric labels"),
+    "unknown task key": (lambda t, w: [f"tasks=[{{train_fle: {labelled(t, GOOD_ROWS)}}}]"],
+                         "unknown config key 'tasks[0].train_fle'; did you mean 'train_file'?"),
+}
+
+
+@pytest.mark.parametrize("command", ["probe", "finetune"])
+@pytest.mark.parametrize("case", sorted(EVALUATION_CASES))
+def test_bad_evaluation_input_gives_one_line_error(case, command, tmp_path, wordpiece_dir, capsys):
+    from transformers import BertConfig, BertForMaskedLM
+
+    model_dir = tmp_path / "model"
+    BertForMaskedLM(BertConfig(vocab_size=512, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=64, max_position_embeddings=64)).save_pretrained(model_dir)
+    build, expected = EVALUATION_CASES[case]
+    arguments = [f"model_name_or_path={model_dir}", f"tokenizer_name_or_path={wordpiece_dir}", f"output_dir={tmp_path}/eval"]
+    arguments += build(tmp_path, wordpiece_dir)
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, *arguments])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("sslnlp: error: ") and expected in err[-1], err[-3:]
+    assert not any("Traceback" in line for line in err)
