@@ -118,3 +118,56 @@ def test_bad_configs_are_rejected_before_work(tmp_path, wordpiece_dir, corpus_fi
         run(corpus_file, tmp_path / "y", wordpiece_dir, **{"data.max_seq_length": 128})
     with pytest.raises(ValueError, match="is not a complete checkpoint"):
         run(corpus_file, tmp_path / "z", wordpiece_dir, **{"training.resume_from_checkpoint": str(tmp_path)})
+
+
+ARCHITECTURES = {
+    "roberta": ("mlm", "{hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 64, "
+                       "max_position_embeddings: 66, type_vocab_size: 1}"),
+    "modernbert": ("mlm", "{hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 64, "
+                          "max_position_embeddings: 64, global_attn_every_n_layers: 1}"),
+    "distilbert": ("mlm", "{dim: 32, n_layers: 2, n_heads: 2, hidden_dim: 64, max_position_embeddings: 64}"),
+    "llama": ("clm", "{hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, num_key_value_heads: 1, "
+                     "intermediate_size: 64, max_position_embeddings: 64}"),
+}
+
+
+@pytest.mark.parametrize("model_type", sorted(ARCHITECTURES))
+def test_other_architectures_train_and_export(corpus_file, wordpiece_dir, bpe_dir, tmp_path, model_type):
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    objective, overrides = ARCHITECTURES[model_type]
+    tokenizer = wordpiece_dir if objective == "mlm" else bpe_dir
+    run(corpus_file, tmp_path / model_type, tokenizer, objective, steps=30,
+        **{"model.model_type": model_type, "model.config_overrides": overrides})
+    curve = losses(tmp_path / model_type)
+    assert sum(curve[-5:]) < sum(curve[:5]), curve
+    auto = AutoModelForMaskedLM if objective == "mlm" else AutoModelForCausalLM
+    assert auto.from_pretrained(tmp_path / model_type).config.model_type == model_type
+
+
+def test_learning_rate_schedules():
+    from sslnlp.train import learning_rate_multiplier as multiplier
+
+    for schedule in ("linear", "cosine", "constant", "wsd"):
+        assert multiplier(0.05, schedule, warmup=0.1, decay_ratio=0.2, min_ratio=0.0) == pytest.approx(0.5)  # warmup
+        assert multiplier(0.1, schedule, warmup=0.1, decay_ratio=0.2, min_ratio=0.0) == pytest.approx(1.0)   # peak
+    assert multiplier(1.0, "linear", 0.1, 0.2, 0.0) == pytest.approx(0.0)
+    assert multiplier(0.55, "linear", 0.1, 0.2, 0.0) == pytest.approx(0.5)
+    assert multiplier(0.55, "cosine", 0.1, 0.2, 0.1) == pytest.approx(0.55)
+    assert multiplier(0.7, "wsd", 0.1, 0.2, 0.0) == pytest.approx(1.0)   # stable until the last 20%
+    assert multiplier(0.9, "wsd", 0.1, 0.2, 0.0) == pytest.approx(0.5)   # halfway through the decay
+    assert multiplier(1.0, "cosine", 0.1, 0.2, 0.1) == pytest.approx(0.1)
+
+
+def test_no_weight_decay_on_biases_and_norms():
+    from transformers import BertConfig, BertForMaskedLM
+
+    from sslnlp.train import parameter_groups
+
+    model = BertForMaskedLM(BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                       intermediate_size=64))
+    decay, no_decay = parameter_groups(model, 0.01)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(p.ndim == 2 for p in decay["params"])
+    assert all(n.endswith("bias") or "LayerNorm" in n for n in (names[id(p)] for p in no_decay["params"]))
+    assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.01
