@@ -347,6 +347,10 @@ def load_task(task: TaskConfig) -> LabelledTask:
     """
     task = resolve_task_config(task)
     name = task.name or Path(task.train_file or task.dataset_name).name.split(".")[0]
+    # The name becomes a directory and file name under output_dir: it must not be able to point elsewhere.
+    if not re.fullmatch(r"[\w][\w.+-]{0,99}", name) or ".." in name:
+        raise TaskError(f"task name {name!r} must be a plain name (letters, digits, '_', '-', '.', '+'; no '/' or '..'): "
+                        "it names the task's folder under output_dir")
     if task.problem_type not in PROBLEM_TYPES:
         raise TaskError(f"task {name!r}: problem_type={task.problem_type!r} is not valid; choose one of "
                         f"{', '.join(PROBLEM_TYPES)}")

@@ -140,3 +140,16 @@ def test_bad_evaluation_input_gives_one_line_error(case, command, tmp_path, word
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("sslnlp: error: ") and expected in err[-1], err[-3:]
     assert not any("Traceback" in line for line in err)
+
+
+def test_task_names_cannot_escape_the_output_directory(tmp_path, wordpiece_dir, capsys):
+    from transformers import BertConfig, BertForMaskedLM
+
+    BertForMaskedLM(BertConfig(vocab_size=512, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=64, max_position_embeddings=64)).save_pretrained(tmp_path / "model")
+    for name in ("../escaped", "/etc/x", "a/b"):
+        with pytest.raises(SystemExit):
+            main(["finetune", f"model_name_or_path={tmp_path / 'model'}", f"tokenizer_name_or_path={wordpiece_dir}",
+                  f"output_dir={tmp_path}/eval", f"tasks=[{{name: '{name}', train_file: {labelled(tmp_path, GOOD_ROWS)}}}]"])
+        assert "must be a plain name" in capsys.readouterr().err
+    assert not (tmp_path / "escaped").exists()
