@@ -121,17 +121,30 @@ class SparseMaskedLMHead:
         output["last_hidden_state"] = narrowed
         return output
 
+    # N is rounded up to a multiple of this with ignored rows: a few distinct [N, V] shapes instead of one per batch.
+    # With a new N every step, freed logits buffers never fitted the next ones and a CPU process's heap grew
+    # without bound (tiny BERT: RSS 0.95 -> 2.3 GB over 150 steps); rounded, it levels off. ~5% more head rows.
+    ROWS_MULTIPLE = 64
+
     def forward(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(summed cross-entropy, logits [N, V], targets [N]) over the positions with labels."""
         labels = batch["labels"].reshape(-1)
-        self.positions = torch.nonzero(labels != -100).flatten()
+        positions = torch.nonzero(labels != -100).flatten()  # [N]
+        targets = labels.index_select(0, positions)  # [N]
+        count = len(positions)
+        padded_targets = targets
+        if count % self.ROWS_MULTIPLE:  # the extra rows repeat position 0 and carry no target (-100)
+            extra = self.ROWS_MULTIPLE - count % self.ROWS_MULTIPLE
+            positions = torch.cat([positions, positions.new_zeros(extra)])
+            padded_targets = torch.cat([targets, targets.new_full((extra,), -100)])
+        self.positions = positions
         try:
             inputs = {k: v for k, v in batch.items() if k != "labels"}
-            logits = model(**inputs).logits.reshape(-1, model_vocab_size(model))  # [N, V]
+            logits = model(**inputs).logits.reshape(-1, model_vocab_size(model))  # [N', V], N' >= N
         finally:
             self.positions = None
-        targets = labels[labels != -100]
-        return F.cross_entropy(logits.float(), targets, reduction="sum"), logits, targets
+        loss = F.cross_entropy(logits.float(), padded_targets, reduction="sum")  # -100 rows add nothing
+        return loss, logits[:count], targets
 
 
 def model_vocab_size(model) -> int:

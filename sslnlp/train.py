@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import signal
+import sys
 import json
 import logging
 import math
@@ -127,6 +128,28 @@ def resolve_mixed_precision(setting: str) -> str:
     except OSError:
         return "no"
     return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "no"
+
+
+def keep_freed_memory(device) -> None:
+    """On a CPU, keep freed large blocks in the heap instead of handing them back to the kernel (Linux, glibc).
+
+    glibc serves every allocation above its mmap threshold (32 MB at most) with a fresh mmap and unmaps it on free,
+    so each step page-faults its largest tensors in again: the [N, V] logits and their gradient, the embedding
+    gradient, BERT-base's activations. In a VM faults are dear: on the development machine a 74 MB memset took
+    22 ms instead of 1.6 ms; the tiny BERT's step is ~20% faster in bf16 and ~5% in fp32 with this. The heap then
+    stays near the step's peak (it levels off: SparseMaskedLMHead.ROWS_MULTIPLE). Process-wide; no-op elsewhere.
+    """
+    if device.type != "cpu" or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # musl or another libc: nothing to tune
+        return
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # <malloc.h>
+    mallopt(M_MMAP_THRESHOLD, 1 << 30)
+    mallopt(M_TRIM_THRESHOLD, 1 << 30)
 
 
 class PreemptionFlag:
@@ -296,6 +319,7 @@ def pretrain(config: PretrainConfig) -> dict:
     output_dir = Path(config.output_dir)
     accelerator = make_accelerator(mixed_precision=resolve_mixed_precision(training.mixed_precision),
                                    log_with=training.report_to or None, project_dir=str(output_dir))
+    keep_freed_memory(accelerator.device)
     if accelerator.is_main_process:
         ensure_writable(output_dir)
         (output_dir / "config.yaml").write_text(yaml.safe_dump(_plain(to_dict(config)), sort_keys=False))
@@ -328,9 +352,10 @@ def pretrain(config: PretrainConfig) -> dict:
     eval_batches = evaluation_batches(config, validation_corpus, tokenizer, accelerator)
     probe_task = load_probe_task(config.evaluation)
 
+    # Fused on CPUs too: the tiny model's optimizer step takes 5 ms instead of foreach's 15 ms.
     optimizer = torch.optim.AdamW(parameter_groups(model, training.weight_decay), lr=training.learning_rate,
                                   betas=(training.adam_beta1, training.adam_beta2), eps=training.adam_epsilon,
-                                  fused=accelerator.device.type == "cuda" or None)
+                                  fused=accelerator.device.type in ("cuda", "cpu") or None)
     if training.torch_compile:
         model = torch.compile(model)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -434,6 +459,8 @@ def pretrain(config: PretrainConfig) -> dict:
 
             step_tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
                               for b in micro_batches)
+            if accelerator.device.type == "cuda":  # the step's kernels, not just their launches (a sync follows anyway)
+                torch.cuda.synchronize(accelerator.device)
             seconds = time.perf_counter() - step_start
             loop["step"] += 1
             loop["tokens"] += step_tokens * accelerator.num_processes

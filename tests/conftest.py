@@ -14,6 +14,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import textgen  # noqa: E402
 
+# The launcher installed beside this interpreter: tests pass whether or not the virtual environment is activated.
+ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
 SHARED_CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpora"
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import textgen
-from conftest import tiny_overrides
+from conftest import ACCELERATE, tiny_overrides
 
 from sslnlp.config import ConfigError, EvaluateConfig, TaskConfig, load_config
 from sslnlp.evaluate import (
@@ -377,7 +377,7 @@ def test_probe_and_finetune_under_accelerate_launch_with_two_processes(pretraine
                  f"tasks={json.dumps([_task_dict(tasks['animacy'])])}", "finetune.seeds=[0]",
                  "finetune.num_train_epochs=6", "finetune.learning_rate=2e-3", "finetune.per_device_train_batch_size=8"]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "ACCELERATE_USE_CPU": "1"}
-    result = subprocess.run(["accelerate", "launch", "--config_file", str(ROOT / "recipes" / "accelerate" / "cpu-2proc.yaml"),
+    result = subprocess.run([ACCELERATE, "launch", "--config_file", str(ROOT / "recipes" / "accelerate" / "cpu-2proc.yaml"),
                              "--multi_gpu", str(tmp_path / "evaluate_both.py"), *overrides],
                             cwd=ROOT, env=environment, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

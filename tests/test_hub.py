@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import tiny_overrides
+from conftest import ACCELERATE, tiny_overrides
 from hub_server import HubServer, unused_port_url
 
 from sslnlp.config import ConfigError, PretrainConfig, load_config
@@ -222,7 +222,7 @@ def test_only_rank_zero_pushes_under_two_process_launch(corpus_file, wordpiece_d
             "hub.hub_strategy": "every_save", "hub.hub_retry_delay": 0.01})
         environment = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "ACCELERATE_USE_CPU": "1",
                        "HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1"}
-        command = ["accelerate", "launch", "--config_file", str(REPO / "recipes/accelerate/cpu-2proc.yaml"), "--multi_gpu",
+        command = [ACCELERATE, "launch", "--config_file", str(REPO / "recipes/accelerate/cpu-2proc.yaml"), "--multi_gpu",
                    "-m", "sslnlp", "pretrain", *overrides]
         result = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-4000:]

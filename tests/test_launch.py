@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import tiny_overrides
+from conftest import ACCELERATE, tiny_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH_CONFIG = REPO / "recipes" / "accelerate" / "cpu-2proc.yaml"
@@ -32,7 +32,7 @@ def two_and_one_process_runs(corpus_file, wordpiece_dir, tmp_path_factory):
     common = {"data.train_files": corpus_file, "training.learning_rate": "3e-3", "evaluation.eval_blocks": 64}
     two = tiny_overrides(root / "two", wordpiece_dir, steps=STEPS, **common, **{"training.per_device_train_batch_size": 4})
     one = tiny_overrides(root / "one", wordpiece_dir, steps=STEPS, **common, **{"training.per_device_train_batch_size": 8})
-    summary_two = launch(["accelerate", "launch", "--config_file", str(LAUNCH_CONFIG), "--multi_gpu", "-m", "sslnlp", "pretrain", *two], root / "two")
+    summary_two = launch([ACCELERATE, "launch", "--config_file", str(LAUNCH_CONFIG), "--multi_gpu", "-m", "sslnlp", "pretrain", *two], root / "two")
     summary_one = launch([sys.executable, "-m", "sslnlp", "pretrain", *one], root / "one")
     return root, summary_two, summary_one
 
