@@ -69,11 +69,8 @@ def run_sslnlp(corpus: str, tokenizer, shuffle_buffer_size: int = 0, max_tokens:
     return tokens
 
 
-def run_reference(corpus: str, tokenizer, streaming: bool = False, max_tokens: int = 0) -> int:
-    """The run_mlm.py recipe (our own code): tokenize everything, concatenate, cut 128-token blocks, collate."""
-    import datasets
-    import torch
-    from transformers import DataCollatorForLanguageModeling
+def run_mlm_blocks(raw, tokenizer):
+    """run_mlm.py's preprocessing (our own code): batched map(tokenize), then map(group_texts) to 128-token blocks."""
 
     def tokenize_function(examples):
         # run_mlm asks for the special-tokens mask so the collator need not recompute it per batch.
@@ -85,11 +82,20 @@ def run_reference(corpus: str, tokenizer, streaming: bool = False, max_tokens: i
         usable = len(joined["input_ids"]) // BLOCK_LENGTH * BLOCK_LENGTH
         return {key: [values[i: i + BLOCK_LENGTH] for i in range(0, usable, BLOCK_LENGTH)] for key, values in joined.items()}
 
+    tokenized = raw.map(tokenize_function, batched=True, remove_columns=raw.column_names)
+    return tokenized.map(group_texts, batched=True)
+
+
+def run_reference(corpus: str, tokenizer, streaming: bool = False, max_tokens: int = 0) -> int:
+    """The run_mlm.py recipe (our own code): tokenize everything, concatenate, cut 128-token blocks, collate."""
+    import datasets
+    import torch
+    from transformers import DataCollatorForLanguageModeling
+
     # A fresh cache per run: otherwise load_dataset and map find the previous run's Arrow files and cost nothing.
     with tempfile.TemporaryDirectory(prefix="sslnlp-bench-hf-") as cache_dir:
         raw = datasets.load_dataset("json", data_files=corpus, split="train", cache_dir=cache_dir, streaming=streaming)
-        tokenized = raw.map(tokenize_function, batched=True, remove_columns=raw.column_names)
-        blocks = tokenized.map(group_texts, batched=True)
+        blocks = run_mlm_blocks(raw, tokenizer)
         collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
         tokens = 0
         for batch in torch.utils.data.DataLoader(blocks, batch_size=BATCH_SIZE, collate_fn=collator):
