@@ -57,6 +57,7 @@ ABLATIONS = {
     "recipe, another seed (model init, masking, data order)": ["training.seed=7", "data.seed=7"],
     "first version (batch 64, mask 30%, linear decay)": [
         "training.per_device_train_batch_size=64", "masking.mlm_probability=0.3", "training.lr_scheduler_type=linear"],
+    "stored document order (no data.shuffle_documents)": ["data.shuffle_documents=false"],
     "mask 30% (instead of 40%)": ["masking.mlm_probability=0.3"],
     "mask 15%": ["masking.mlm_probability=0.15"],
     "batch 64 (instead of 32)": ["training.per_device_train_batch_size=64"],
@@ -95,15 +96,15 @@ def evaluation_config(model_dir: Path, output_dir: Path, extra: list[str]):
 
 
 def shared_tokenizer(output_dir: Path) -> str:
-    """The recipe's tokenizer trained once (WordPiece 8,192 on the first 20,000 documents): ablations share it."""
+    """The recipe's tokenizer trained once (WordPiece 8,192 on the first 20,000 shuffled documents): ablations share it."""
     from sslnlp.corpus import load_corpus
     from sslnlp.tokenizer import train_tokenizer
 
     directory = output_dir / "tokenizer"
     if not (directory / "tokenizer.json").exists():
         started = time.perf_counter()
-        train_tokenizer(load_corpus(str(CORPORA / "train.jsonl.xz")), directory, kind="wordpiece", vocab_size=8192,
-                        max_documents=20000)
+        corpus = load_corpus(str(CORPORA / "train.jsonl.xz"), shuffle_documents=True)  # as the recipe reads it
+        train_tokenizer(corpus, directory, kind="wordpiece", vocab_size=8192, max_documents=20000)
         print(f"tokenizer: WordPiece 8,192 in {time.perf_counter() - started:.0f} s -> {directory}", flush=True)
     return str(directory)
 

@@ -47,6 +47,11 @@ class DataConfig:
     max_document_bytes: int = option(16 * 2**20, "Longest record accepted from a file.")
     max_seq_length: int = option(128, "Tokens per packed block, special tokens included.")
     shuffle_buffer_size: int = option(2048, "Blocks held in the shuffle buffer (0: stream order).")
+    shuffle_documents: bool = option(False, "Read the training documents into memory and visit them in a seeded "
+                                            "random order, reshuffled each epoch (each source of a mixture "
+                                            "separately): for corpora stored sorted by source, where the block "
+                                            "buffer only mixes neighbours. Costs the text's size in RAM per "
+                                            "data-loading process.")
     documents_per_batch: int = option(64, "Documents tokenized per batched tokenizer call.")
     num_workers: int = option(0, "DataLoader worker processes per rank (0: tokenize in the main process).")
     seed: int = option(0, "Seed of the mixture and the shuffle buffer.")
@@ -124,7 +129,8 @@ class TrainingConfig:
 @dataclass
 class EvaluationConfig:
     eval_steps: int = option(0, "Evaluate every N steps (0: only at the end, when there is held-out text).")
-    eval_blocks: int = option(256, "Held-out blocks per evaluation.")
+    eval_blocks: int = option(256, "Held-out blocks per evaluation: the first N of the validation text in its "
+                                   "stored order (cover all of it when it is sorted by source).")
     per_device_eval_batch_size: int = option(32, "Blocks per evaluation batch.")
     eval_mlm_probability: float = option(0.15, "Masking rate of evaluation (fixed, so runs compare).")
     eval_seed: int = option(1234, "Seed of the evaluation masks (fixed, so runs compare).")
@@ -206,6 +212,10 @@ class PretrainConfig:
             raise ConfigError("masking.fixed_mask_count works with masking.masking='token' only")
         if self.data.mixture_weights and not isinstance(self.data.train_files, list):
             raise ConfigError("data.mixture_weights needs data.train_files to be a list with one entry per weight")
+        if self.data.shuffle_documents and self.data.mixture_weights and self.data.validation_holdout_every \
+                and not self.data.validation_files:
+            raise ConfigError("data.shuffle_documents with data.validation_holdout_every cannot hold out from an "
+                              "endless mixture; give data.validation_files, or drop one of the two settings")
         if self.data.mixture_weights and len(self.data.mixture_weights) != len(self.data.train_files):
             raise ConfigError(f"data.mixture_weights has {len(self.data.mixture_weights)} weights for "
                               f"{len(self.data.train_files)} data.train_files entries; give one weight per entry")

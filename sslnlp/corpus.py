@@ -4,6 +4,7 @@
     corpus = load_corpus("data/*.jsonl.gz")                 # files, globs, directories; .gz .bz2 .xz .zst
     corpus = load_corpus(["first document", "second one"])  # any list / generator of strings
     corpus = load_corpus({"a.jsonl": 0.7, "b.txt": 0.3}, seed=0)   # weighted mixture
+    corpus = load_corpus("sorted.jsonl.xz", shuffle_documents=True) # held in memory, a new order each epoch
     for text, position in corpus.iter_documents(): ...
 
 Every corpus yields ``(text, position)`` pairs; ``position`` is a small dict that, passed back as ``start=``, resumes the
@@ -69,6 +70,10 @@ class Corpus:
             shard_count: number of disjoint shards the corpus is split into (ranks x DataLoader workers).
         """
         raise NotImplementedError
+
+    def epoch_start(self, epoch: int) -> dict | None:
+        """The ``start`` of epoch ``epoch`` (0, 1, ...): None (the beginning) unless the order changes per epoch."""
+        return None
 
     def __iter__(self) -> Iterator[str]:
         for text, _ in self.iter_documents():
@@ -421,6 +426,67 @@ class MixtureCorpus(Corpus):
                 yield text, {"record": record, "children": list(children)}
 
 
+class ShuffledCorpus(Corpus):
+    """A finite corpus read into memory once and visited in a seeded random order, reshuffled every epoch.
+
+    Streaming readers see a file in its stored order, and the block shuffle buffer only mixes neighbouring text: a
+    corpus sorted by source (all of one book, then all of a manual, ...) would train on one source at a time, and the
+    first N documents (what the tokenizer is trained on) would be one source. This class gives the global shuffle of
+    a map-style dataset at the price of the corpus's text in RAM, once per data-loading process.
+
+    Args:
+        corpus: a finite corpus (files, a list, a ``datasets.Dataset``; not a mixture, which is endless).
+        seed: the order of epoch ``e`` is the permutation drawn from ``(seed, e)``.
+        max_bytes: refuse corpora whose text is larger than this (UTF-8 bytes).
+
+    Positions are ``{"epoch", "index"}``: resuming needs no RNG state, only the permutation recomputed from the seed.
+    """
+
+    def __init__(self, corpus: Corpus, seed: int = 0, max_bytes: int = 8 * 2**30):
+        if isinstance(corpus, MixtureCorpus):
+            raise CorpusError("shuffle_documents shuffles each source of a mixture, not the (endless) mixture itself; "
+                              "build the mixture from shuffled sources")
+        self.corpus, self.seed, self.max_bytes = corpus, seed, max_bytes
+        self.reiterable = True
+        self.name = f"shuffled {corpus.name}"
+        self._documents: list[bytes] | None = None
+
+    def documents(self) -> list[bytes]:
+        """The corpus's documents in stored order (UTF-8), read on first use."""
+        if self._documents is None:
+            documents, size = [], 0
+            for text, _ in self.corpus.iter_documents():
+                encoded = text.encode("utf-8")
+                size += len(encoded)
+                if size > self.max_bytes:
+                    raise CorpusError(f"corpus {self.corpus.name}: more than {self.max_bytes / 2**30:.1f} GiB of text, "
+                                      "too large to shuffle in memory; shuffle its documents on disk once and set "
+                                      "data.shuffle_documents=false")
+                documents.append(encoded)
+            if not documents:
+                raise CorpusError(f"corpus {self.corpus.name} has no documents")
+            logger.info("shuffling %d documents (%.1f MB of text) of %s in memory", len(documents), size / 1e6,
+                        self.corpus.name)
+            self._documents = documents
+        return self._documents
+
+    def order(self, epoch: int):
+        import numpy as np
+
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.documents()))
+
+    def epoch_start(self, epoch: int) -> dict:
+        return {"epoch": epoch, "index": 0}
+
+    def iter_documents(self, start=None, shard_index=0, shard_count=1):
+        start = start or {}
+        epoch, index = start.get("epoch", 0), start.get("index", 0)
+        documents, order = self.documents(), self.order(epoch)
+        for position in range(index, len(order)):
+            if position % shard_count == shard_index:
+                yield documents[order[position]].decode("utf-8"), {"epoch": epoch, "index": position + 1}
+
+
 class HoldoutCorpus(Corpus):
     """Split a corpus into training and held-out documents: every ``every``-th document is held out.
 
@@ -512,8 +578,10 @@ def load_corpus(
     dataset_config_name: str | None = None,
     split: str = "train",
     seed: int = 0,
+    shuffle_documents: bool = False,
 ) -> Corpus:
-    """Turn any text source into a :class:`Corpus` (a stream of documents), without loading it into memory.
+    """Turn any text source into a :class:`Corpus` (a stream of documents), without loading it into memory
+    (unless ``shuffle_documents`` asks for the in-memory shuffle).
 
     Args:
         source: one of
@@ -530,19 +598,30 @@ def load_corpus(
         max_document_bytes: longest record accepted from a file.
         file_format: force a file format instead of guessing it from the suffix.
         dataset_config_name, split: for Hub datasets.
-        seed: mixture seed.
+        seed: mixture seed, and the document shuffle's.
+        shuffle_documents: read the documents into memory and visit them in a seeded random order, reshuffled each
+            epoch (:class:`ShuffledCorpus`; a mixture shuffles each of its sources). For corpora stored sorted.
     """
     options = dict(text_field=text_field, document_separator=document_separator, on_bad_record=on_bad_record,
                    max_document_bytes=max_document_bytes, file_format=file_format,
-                   dataset_config_name=dataset_config_name, split=split, seed=seed)
-    if isinstance(source, Corpus):
-        return source
-    if source == PythonDocsCorpus.name:
-        return PythonDocsCorpus()
+                   dataset_config_name=dataset_config_name, split=split, seed=seed, shuffle_documents=shuffle_documents)
     if isinstance(source, dict) or (isinstance(source, (list, tuple)) and source
                                     and all(isinstance(s, (list, tuple)) and len(s) == 2 for s in source)):
         pairs = list(source.items()) if isinstance(source, dict) else [tuple(s) for s in source]
         return MixtureCorpus([load_corpus(s, **options) for s, _ in pairs], [float(w) for _, w in pairs], seed=seed)
+    corpus = _single_corpus(source, **{k: v for k, v in options.items() if k != "shuffle_documents"})
+    if shuffle_documents and not isinstance(corpus, (ShuffledCorpus, MixtureCorpus)):
+        return ShuffledCorpus(corpus, seed=seed)
+    return corpus
+
+
+def _single_corpus(source, *, text_field, document_separator, on_bad_record, max_document_bytes, file_format,
+                   dataset_config_name, split, seed) -> Corpus:
+    """load_corpus for one source (not a mixture)."""
+    if isinstance(source, Corpus):
+        return source
+    if source == PythonDocsCorpus.name:
+        return PythonDocsCorpus()
     file_options = dict(text_field=text_field, document_separator=document_separator, on_bad_record=on_bad_record,
                         max_document_bytes=max_document_bytes, file_format=file_format)
     if isinstance(source, (str, os.PathLike)):

@@ -171,7 +171,9 @@ class PackedBlocks(torch.utils.data.IterableDataset):
             epoch, position = state["epoch"], state["position"]
             packer.load_state(state["packer"])
         while True:
-            documents_in_epoch = 0
+            documents_in_epoch, fresh_epoch = 0, position is None
+            if position is None:
+                position = self.corpus.epoch_start(epoch)
             stream = self.corpus.iter_documents(position, shard, self.shard_count)
             while True:
                 batch = list(itertools.islice(stream, self.documents_per_batch))
@@ -191,7 +193,7 @@ class PackedBlocks(torch.utils.data.IterableDataset):
                 yield chunk
             if not self.repeat:
                 break
-            if documents_in_epoch == 0 and position is None:
+            if documents_in_epoch == 0 and fresh_epoch:
                 raise CorpusError(f"corpus {self.corpus.name} has no documents for shard {shard} of {self.shard_count}: "
                                   "it has fewer documents than ranks x workers, or is empty")
             if not self.corpus.reiterable:

@@ -26,7 +26,7 @@ import yaml
 
 from sslnlp.checkpoint import export_model, find_latest_checkpoint, load_checkpoint, resolve_resume, save_checkpoint
 from sslnlp.config import PretrainConfig, to_dict
-from sslnlp.corpus import HoldoutCorpus, load_corpus
+from sslnlp.corpus import HoldoutCorpus, ShuffledCorpus, load_corpus
 from sslnlp.hub import HubSync
 from sslnlp.masking import build_collator
 from sslnlp.modeling import (
@@ -51,20 +51,27 @@ def build_corpus(data, files, split: str):
     """The corpus for ``files`` (train_files or validation_files) with the data section's reading options."""
     options = dict(text_field=data.text_field, document_separator=data.document_separator,
                    on_bad_record=data.on_bad_record, max_document_bytes=data.max_document_bytes,
-                   dataset_config_name=data.dataset_config_name, split=split, seed=data.seed)
+                   dataset_config_name=data.dataset_config_name, split=split, seed=data.seed,
+                   shuffle_documents=data.shuffle_documents)
     if isinstance(files, list) and data.mixture_weights:
         return load_corpus(list(zip(files, data.mixture_weights)), **options)
     return load_corpus(files, **options)  # a list of file names or globs reads files; other lists are documents
 
 
 def training_and_validation_corpora(data):
-    train = build_corpus(data, data.train_files, data.dataset_split)
     validation = None
-    if data.validation_files:  # never mixed: the weights belong to train_files
-        validation = build_corpus(dataclasses.replace(data, mixture_weights=[]), data.validation_files, "validation")
-    elif data.validation_holdout_every:
-        validation = HoldoutCorpus(train, data.validation_holdout_every, held_out=True)
-        train = HoldoutCorpus(train, data.validation_holdout_every, held_out=False)
+    if data.validation_files:  # never mixed nor shuffled: the weights and the shuffle belong to train_files
+        train = build_corpus(data, data.train_files, data.dataset_split)
+        validation = build_corpus(dataclasses.replace(data, mixture_weights=[], shuffle_documents=False),
+                                  data.validation_files, "validation")
+    elif data.validation_holdout_every:  # hold out from the stored order, then shuffle what is left
+        stored = build_corpus(dataclasses.replace(data, shuffle_documents=False), data.train_files, data.dataset_split)
+        validation = HoldoutCorpus(stored, data.validation_holdout_every, held_out=True)
+        train = HoldoutCorpus(stored, data.validation_holdout_every, held_out=False)
+        if data.shuffle_documents:
+            train = ShuffledCorpus(train, seed=data.seed)
+    else:
+        train = build_corpus(data, data.train_files, data.dataset_split)
     return train, validation
 
 

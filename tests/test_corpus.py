@@ -1,4 +1,5 @@
 import bz2
+import collections
 import gzip
 import json
 import lzma
@@ -95,7 +96,7 @@ def test_mixture_weights_and_reproducibility():
     assert [t for t in taken if t.startswith("b")][:3] == ["b0", "b1", "b2"]
 
 
-@pytest.mark.parametrize("source_kind", ["jsonl", "jsonl.gz", "parquet", "list", "mixture"])
+@pytest.mark.parametrize("source_kind", ["jsonl", "jsonl.gz", "parquet", "list", "mixture", "shuffled"])
 def test_resume_from_position_equals_uninterrupted(tmp_path, documents, source_kind):
     if source_kind.startswith("jsonl"):
         path = tmp_path / f"c.{source_kind}"
@@ -109,8 +110,11 @@ def test_resume_from_position_equals_uninterrupted(tmp_path, documents, source_k
         corpus = load_corpus(str(tmp_path / "c.parquet"))
     elif source_kind == "list":
         corpus = load_corpus(documents)
-    else:
+    elif source_kind == "mixture":
         corpus = load_corpus([(documents, 1), (documents[::-1], 1)])
+    else:
+        write_jsonl(tmp_path / "c.jsonl.gz", documents, opener=gzip.open)
+        corpus = load_corpus(str(tmp_path / "c.jsonl.gz"), shuffle_documents=True, seed=5)
     full = [t for t, _ in zip((t for t, _ in corpus.iter_documents(shard_index=1, shard_count=3)), range(150))]
     stream = corpus.iter_documents(shard_index=1, shard_count=3)
     head = [next(stream) for _ in range(40)]
@@ -125,3 +129,53 @@ def test_shards_are_disjoint_and_complete(tmp_path, documents):
     shards = [list(t for t, _ in corpus.iter_documents(shard_index=i, shard_count=4)) for i in range(4)]
     assert sorted(sum(shards, [])) == sorted(documents)
     assert sum(len(s) for s in shards) == len(documents)
+
+
+def test_document_shuffle_mixes_a_sorted_corpus(tmp_path):
+    sources = ["bible", "dictionary", "manual", "novel"]
+    sorted_documents = [f"{source} {i}" for source in sources for i in range(250)]  # stored sorted by source
+    write_jsonl(tmp_path / "sorted.jsonl", sorted_documents)
+    streamed = [t for t in load_corpus(str(tmp_path / "sorted.jsonl"))][:100]
+    assert {t.split()[0] for t in streamed} == {"bible"}  # the problem: the first 100 documents are one source
+    corpus = load_corpus(str(tmp_path / "sorted.jsonl"), shuffle_documents=True, seed=3)
+    epoch0 = [t for t, _ in corpus.iter_documents()]
+    assert sorted(epoch0) == sorted(sorted_documents)  # a permutation: nothing lost or repeated
+    first = collections.Counter(t.split()[0] for t in epoch0[:200])
+    assert set(first) == set(sources) and all(25 <= n <= 75 for n in first.values())  # about 50 of each
+    epoch1 = [t for t, _ in corpus.iter_documents(corpus.epoch_start(1))]
+    assert sorted(epoch1) == sorted(sorted_documents) and epoch1 != epoch0  # reshuffled each epoch
+    assert [t for t, _ in load_corpus(str(tmp_path / "sorted.jsonl"), shuffle_documents=True, seed=3)
+            .iter_documents()] == epoch0  # the seed fixes the order
+    assert [t for t, _ in load_corpus(str(tmp_path / "sorted.jsonl"), shuffle_documents=True, seed=4)
+            .iter_documents()] != epoch0
+    shards = [[t for t, _ in corpus.iter_documents(shard_index=i, shard_count=3)] for i in range(3)]
+    assert sorted(sum(shards, [])) == sorted(sorted_documents)  # ranks/workers: disjoint and complete
+
+
+def test_document_shuffle_of_a_mixture_shuffles_each_source(tmp_path):
+    from sslnlp.corpus import MixtureCorpus, ShuffledCorpus
+
+    write_jsonl(tmp_path / "a.jsonl", [f"a{i}" for i in range(100)])
+    write_jsonl(tmp_path / "b.jsonl", [f"b{i}" for i in range(100)])
+    mixture = load_corpus([(str(tmp_path / "a.jsonl"), 1), (str(tmp_path / "b.jsonl"), 1)], shuffle_documents=True)
+    assert isinstance(mixture, MixtureCorpus) and all(isinstance(c, ShuffledCorpus) for c in mixture.corpora)
+    taken = [t for t, _ in zip(mixture, range(100))]
+    assert [t for t in taken if t.startswith("a")][:5] != ["a0", "a1", "a2", "a3", "a4"]
+    with pytest.raises(CorpusError, match="mixture"):
+        ShuffledCorpus(mixture)
+
+
+def test_held_out_documents_come_from_the_stored_order_before_the_shuffle(tmp_path):
+    from sslnlp.config import DataConfig
+    from sslnlp.corpus import ShuffledCorpus
+    from sslnlp.train import training_and_validation_corpora
+
+    stored = [f"document {i}" for i in range(100)]
+    write_jsonl(tmp_path / "c.jsonl", stored)
+    data = DataConfig(train_files=str(tmp_path / "c.jsonl"), validation_holdout_every=10, shuffle_documents=True)
+    train, validation = training_and_validation_corpora(data)
+    assert isinstance(train, ShuffledCorpus)
+    assert list(validation) == stored[9::10]  # the same held-out documents as without the shuffle
+    trained_on = list(train)
+    in_stored_order = [d for d in stored if d not in stored[9::10]]
+    assert sorted(trained_on) == sorted(in_stored_order) and trained_on != in_stored_order

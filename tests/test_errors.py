@@ -66,6 +66,10 @@ CASES = {
     "sequence too long": (lambda t, w, c: ["data.max_seq_length=128"], "data.max_seq_length=128 exceeds the model's 64 positions"),
     "whole word with clm": (lambda t, w, c: ["masking.objective=clm", "masking.masking=whole_word"], "applies to objective 'mlm' only"),
     "mixture weights mismatch": (lambda t, w, c: [f"data.train_files=[{c}, {c}]", "data.mixture_weights=[1]"], "data.mixture_weights has 1 weights for 2"),
+    "shuffle an endless mixture to hold out from": (
+        lambda t, w, c: [f"data.train_files=[{c}, {c}]", "data.mixture_weights=[1, 1]", "data.shuffle_documents=true",
+                         "data.validation_holdout_every=10"],
+        "cannot hold out from an endless mixture"),
     "missing tokenizer": (lambda t, w, c: [f"tokenizer.tokenizer_name_or_path={t}/no-tokenizer"], "cannot load tokenizer"),
     "checkpoint dir not a model": (lambda t, w, c: [f"model.model_name_or_path={not_a_model(t)}", f"tokenizer.tokenizer_name_or_path={w}"],
                                    "is not a loadable model"),

@@ -107,12 +107,13 @@ def test_two_ranks_two_workers_are_disjoint_and_complete(documents, bpe_tokenize
         assert not set(a) & set(b)
 
 
-@pytest.mark.parametrize("num_workers", [0, 2])
-def test_stream_resumes_exactly(documents, wordpiece_tokenizer, num_workers):
+@pytest.mark.parametrize("num_workers,shuffle_documents", [(0, False), (2, False), (0, True)])
+def test_stream_resumes_exactly(documents, wordpiece_tokenizer, num_workers, shuffle_documents):
     from sslnlp.masking import build_collator
 
     def make():
-        dataset = PackedBlocks(load_corpus(documents), wordpiece_tokenizer, 32, num_workers=num_workers,
+        corpus = load_corpus(documents, shuffle_documents=shuffle_documents, seed=2)
+        dataset = PackedBlocks(corpus, wordpiece_tokenizer, 32, num_workers=num_workers,
                                documents_per_batch=5, with_word_starts=True)
         collator = build_collator(wordpiece_tokenizer, "mlm", {"masking": "whole_word"}, seed=3)
         return BlockStream(dataset, batch_size=8, collate=collator, num_workers=num_workers, shuffle_buffer_size=50, seed=1), collator
@@ -179,3 +180,13 @@ def test_padded_final_block_keeps_its_mask_in_any_batch_position(documents, word
     mask = padded[0]["attention_mask"]
     assert (mask.sum(1) < 32).sum() == 1 and (mask.sum(1) == 32).sum() == len(mask) - 1
     assert not (padded[0]["labels"][mask == 0] != -100).any()
+
+
+def test_each_epoch_of_a_shuffled_corpus_has_its_own_order(documents, wordpiece_tokenizer):
+    corpus = load_corpus(documents[:20], shuffle_documents=True, seed=1)
+    dataset = PackedBlocks(corpus, wordpiece_tokenizer, 32, documents_per_batch=20)  # one chunk: one epoch
+    first, second = itertools.islice(dataset.iter_shard(0), 2)
+    assert first["state"]["position"] == {"epoch": 0, "index": 20}
+    assert second["state"]["position"] == {"epoch": 1, "index": 20}
+    orders = [[documents[:20].index(t) for t, _ in corpus.iter_documents(corpus.epoch_start(e))] for e in (0, 1)]
+    assert orders[0] != orders[1] and sorted(orders[0]) == sorted(orders[1]) == list(range(20))
