@@ -162,9 +162,11 @@ def evaluate(model_dir: Path, output_dir: Path, finetune_too: bool, extra: list[
         results = finetune(evaluation_config(model_dir, output_dir, list(extra)))
     results["seconds"] = time.perf_counter() - started
     row = results["tasks"]["wordnet_supersense"] | {"seconds": results["seconds"]}
-    if layer0:  # the same probe on the embedding layer's output (mean of the input word vectors)
+    if layer0:  # the same probe on the embedding layer's output (mean of the input word vectors), then every layer
         row["layer0"] = evaluate(model_dir, output_dir.with_name(output_dir.name + "-layer0"), False,
                                  [*extra, "probe.layer=0"], layer0=False)
+        row["scan"] = evaluate(model_dir, output_dir.with_name(output_dir.name + "-scan"), False,
+                               [*extra, "probe.select_layer=true"], layer0=False)
     return row
 
 
@@ -176,6 +178,8 @@ def row_cells(row: dict) -> list[str]:
     cells = []
     for scores in (row, row["layer0"]):
         cells += [percent(scores["probe"]["test"]["accuracy"]), percent(scores["random_probe"]["test"]["accuracy"])]
+    scan = row["scan"]
+    cells += [f"{percent(scan[key]['test']['accuracy'])} (layer {scan[key]['layer']})" for key in ("probe", "random_probe")]
     for key in ("finetune", "random_finetune"):
         summary = row.get(key)
         cells.append(f"{percent(summary['median']['accuracy'])} ({percent(summary['min']['accuracy'])}-"
@@ -186,7 +190,11 @@ def row_cells(row: dict) -> list[str]:
 def comparison(args, output_dir: Path) -> None:
     lines = []
     if not args.skip_recipe:
-        summary = run_recipe(output_dir / "cram" / "model", args.budget, None, args.override)
+        finished = output_dir / "cram" / "model" / "summary.json"
+        if args.reuse_recipe and finished.exists():  # evaluate the finished run of an interrupted invocation
+            summary = json.loads(finished.read_text()) | {"wall_seconds": float("nan")}
+        else:
+            summary = run_recipe(output_dir / "cram" / "model", args.budget, None, args.override)
         print(f"cram-cpu: {summary['steps']} steps, {summary['tokens']:,} tokens in {summary['train_runtime']:.0f} s of "
               f"training ({summary['wall_seconds']:.0f} s with tokenizer, evaluation, export); held-out MLM loss "
               f"{summary.get('eval_loss', float('nan')):.3f}", flush=True)
@@ -205,8 +213,8 @@ def comparison(args, output_dir: Path) -> None:
         print(" | ".join(lines[-1]), flush=True)
     print()
     print("| pipeline | training min | tokens (M) | probe, last layer | floor | probe, embeddings | floor | "
-          "fine-tune median (min-max) | random-weights fine-tune |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "probe, layer best on validation | floor, likewise | fine-tune median (min-max) | random-weights fine-tune |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for line in lines:
         print("| " + " | ".join(line) + " |")
     print("\nKnown references (test accuracy): " + "; ".join(f"{label} {percent(score)}"
@@ -265,6 +273,8 @@ def main() -> None:
     parser.add_argument("--reference-steps", type=int, default=1000, help="steps of the reference pipeline")
     parser.add_argument("--skip-recipe", action="store_true")
     parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--reuse-recipe", action="store_true", help="evaluate OUTPUT_DIR/cram/model if its training "
+                        "finished (summary.json) instead of training again")
     parser.add_argument("--skip-finetune", action="store_true", help="probe only")
     parser.add_argument("--skip-reference-finetune", action="store_true", help="probe the reference only (issue 8's "
                         "reference reports the probe)")

@@ -416,6 +416,9 @@ class ProbeOptions:
     pooling: str = option("mean", "Sentence vector: 'first' (the [CLS] / first token), 'mean' (over tokens) or "
                                   "'last' (last token: decoders).")
     layer: int = option(-1, "Hidden layer to pool: -1 the last, 0 the embeddings, k the k-th layer's output.")
+    select_layer: bool = option(False, "Probe every layer (0 the embeddings ... the last) and report the one best on "
+                                       "validation, with the whole scan (the random twin is scanned the same way); "
+                                       "probe.layer is then ignored.")
     per_device_eval_batch_size: int = option(64, "Examples per forward pass when extracting features.")
     l2_grid: list = option([1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0], "L2 strengths tried (on standardized "
                            "features; loss = mean cross-entropy + l2 / 2 x |W|^2); the best on validation is reported.")

@@ -13,7 +13,8 @@ median (min-max) | random-weights fine-tune); a probe and a fine-tune run into t
 - Linear probe: features (first-token, mean or last-token pooling of one hidden layer) are computed once per split
   with the encoder frozen, kept (on disk too), standardized with the training statistics; a multinomial logistic
   regression (L-BFGS, full batch) or ridge regression (closed form) is fitted for every L2 strength of the grid; the
-  strength with the best validation score gives the reported test score.
+  strength with the best validation score gives the reported test score. ``probe.select_layer`` pools every layer
+  in the same pass and reports the layer (and strength) best on validation, with the whole scan.
 - Fine-tuning: AutoModelForSequenceClassification from the checkpoint, one fixed protocol for every task (AdamW,
   linear warmup and decay, a few epochs; Cramming's "GLUE-sane" spirit: no per-task search), several seeds, median
   and min-max reported; the first seed's model is saved in Hugging Face format under OUTPUT_DIR/<task>.
@@ -190,11 +191,13 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> to
 
 
 @torch.no_grad()
-def extract_features(encoder, columns: dict[str, list], indices: list[int], pooling: str, layer: int,
+def extract_features(encoder, columns: dict[str, list], indices: list[int], pooling: str, layer: int | None,
                      batch_size: int, pad_token_id: int) -> torch.Tensor:
     """Pooled features [len(indices), H] (float32, CPU) of the examples at ``indices``, in that order.
 
-    Batches are formed from length-sorted examples, so padding stays small.
+    ``layer`` None pools every layer: [len(indices), layers + 1, H], the embeddings first and the model's output
+    (``last_hidden_state``, what layer -1 gives) last. Batches are formed from length-sorted examples, so padding
+    stays small.
     """
     device = next(encoder.parameters()).device
     order = sorted(range(len(indices)), key=lambda k: len(columns["input_ids"][indices[k]]))
@@ -203,10 +206,14 @@ def extract_features(encoder, columns: dict[str, list], indices: list[int], pool
         rows = order[start: start + batch_size]
         batch = {k: v.to(device) for k, v in pad_batch(columns, [indices[k] for k in rows], pad_token_id).items()}
         outputs = encoder(**batch, output_hidden_states=layer != -1, return_dict=True)
-        hidden = outputs.last_hidden_state if layer == -1 else outputs.hidden_states[layer]  # [B, L, H]
-        pooled = pool(hidden, batch["attention_mask"], pooling).float().cpu()
+        if layer is None:
+            hidden_states = [*outputs.hidden_states[:-1], outputs.last_hidden_state]
+            pooled = torch.stack([pool(h, batch["attention_mask"], pooling) for h in hidden_states], 1).float().cpu()
+        else:
+            hidden = outputs.last_hidden_state if layer == -1 else outputs.hidden_states[layer]  # [B, L, H]
+            pooled = pool(hidden, batch["attention_mask"], pooling).float().cpu()
         if features is None:
-            features = torch.empty(len(indices), pooled.shape[-1])
+            features = torch.empty(len(indices), *pooled.shape[1:])
         features[rows] = pooled
     return features if features is not None else torch.empty(0, 0)
 
@@ -220,7 +227,8 @@ def task_features(encoder, tokenizer, task: LabelledTask, options: ProbeOptions,
                   accelerator=None) -> dict[str, torch.Tensor]:
     """``{split: features [N, H]}`` for the three splits; with several processes each computes a share."""
     layers = _hidden_layers(encoder)
-    if options.layer != -1 and layers is not None and not -(layers + 1) <= options.layer <= layers:
+    if not options.select_layer and options.layer != -1 and layers is not None \
+            and not -(layers + 1) <= options.layer <= layers:
         raise ValueError(f"probe.layer={options.layer} is out of range: the model has {layers} layers (use -1 for "
                          f"the last, 0 for the embeddings, up to {layers})")
     columns = tokenized_splits(task, tokenizer, max_seq_length)
@@ -229,13 +237,15 @@ def task_features(encoder, tokenizer, task: LabelledTask, options: ProbeOptions,
     for split, split_columns in columns.items():
         split_columns = model_columns(split_columns, encoder.config)
         indices = list(range(rank, len(split_columns["input_ids"]), world))
-        mine = extract_features(encoder, split_columns, indices, options.pooling, options.layer,
+        mine = extract_features(encoder, split_columns, indices, options.pooling,
+                                None if options.select_layer else options.layer,
                                 options.per_device_eval_batch_size, pad_token_id_of(tokenizer))
         if world > 1:
             from accelerate.utils import gather_object
 
             shares = gather_object([(indices, mine)])
-            whole = torch.empty(len(split_columns["input_ids"]), max(s[1].shape[-1] for s in shares))
+            shape = next(s[1].shape[1:] for s in shares if s[0])
+            whole = torch.empty(len(split_columns["input_ids"]), *shape)
             for share_indices, share in shares:
                 if share_indices:
                     whole[share_indices] = share
@@ -385,9 +395,29 @@ def probe_model(model, tokenizer, task, options: ProbeOptions | None = None, max
             temporary = Path(f"{features_path}.tmp-{os.getpid()}")
             torch.save(features, temporary)
             os.replace(temporary, features_path)
-    result = linear_probe(features, task, options)
+    if options.select_layer:
+        result = select_layer(features, task, options)
+    else:
+        result = linear_probe(features, task, options)
     result["seconds"] = time.perf_counter() - start
     return result
+
+
+def select_layer(features: dict[str, torch.Tensor], task: LabelledTask, options: ProbeOptions) -> dict:
+    """The probe of every layer (features ``{split: [N, layers + 1, H]}``); returns the one best on validation.
+
+    Returns:
+        linear_probe's result for the chosen layer, plus ``"layer"`` (0 the embeddings ... the last) and
+        ``"layer_scan"``: ``[{"layer", "validation", "test"}]`` (the first metric) for every layer.
+    """
+    best, scan = None, []
+    for layer in range(features["train"].shape[1]):
+        result = linear_probe({split: values[:, layer] for split, values in features.items()}, task, options)
+        metric = result["metric"]
+        scan.append({"layer": layer, "validation": result["validation"][metric], "test": result["test"][metric]})
+        if best is None or result["validation"][metric] > best["validation"][metric]:  # ties keep the lower layer
+            best = result | {"layer": layer}
+    return best | {"layer_scan": scan}
 
 
 def _every_process_sees(path: Path, accelerator) -> bool:
@@ -459,7 +489,8 @@ def _features_path(config: EvaluateConfig, task: LabelledTask, weights: str, max
     if not config.probe.cache_features:
         return None
     key = json.dumps([_checkpoint_identity(config), weights, task.fingerprint(), config.probe.pooling,
-                      config.probe.layer, max_seq_length, getattr(tokenizer, "name_or_path", ""), len(tokenizer)])
+                      "every" if config.probe.select_layer else config.probe.layer, max_seq_length,
+                      getattr(tokenizer, "name_or_path", ""), len(tokenizer)])
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return Path(config.output_dir) / "features" / f"{task.name}-{weights}-{digest}.pt"
 
@@ -511,8 +542,9 @@ def probe(config: EvaluateConfig) -> dict:
             path = _features_path(config, task, weights, length, tokenizer)
             row[key] = {**probe_model(model, tokenizer, task, config.probe, length, accelerator, path),
                         "world_size": accelerator.num_processes}
+            layer = f"layer {row[key]['layer']} chosen on validation, " if "layer" in row[key] else ""
             accelerator.print(f"  {weights}: {row[key]['metric']} {row[key]['test'][row[key]['metric']]:.4f} on "
-                              f"{task.report_split} (l2={row[key]['l2']:g}, {row[key]['seconds']:.1f} s)")
+                              f"{task.report_split} ({layer}l2={row[key]['l2']:g}, {row[key]['seconds']:.1f} s)")
         rows[task.name] = row
     return _finish(config, accelerator, rows)
 
@@ -739,7 +771,8 @@ def results_markdown(results: dict, references: dict | None = None) -> str:
         for metric in row["metrics"]:
             cells = []
             for key in ("probe", "random_probe"):
-                cells.append(_percent(row[key]["test"][metric]) if key in row else "–")
+                layer = f" (layer {row[key]['layer']})" if key in row and "layer" in row[key] else ""
+                cells.append(_percent(row[key]["test"][metric]) + layer if key in row else "–")
             if "finetune" in row:
                 summary = row["finetune"]
                 cells.append(f"{_percent(summary['median'][metric])} ({_percent(summary['min'][metric])}-"

@@ -322,6 +322,38 @@ def test_probe_model_works_in_memory_restores_train_mode_and_caches_tokens(pretr
     assert first["l2"] in ProbeOptions().l2_grid and {"train", "validation", "test", "grid"} <= set(first)
 
 
+def test_layer_scan_probes_every_layer_and_picks_on_validation(pretrained, tmp_path):
+    from transformers import AutoModelForMaskedLM
+
+    from sslnlp.config import ProbeOptions
+    from sslnlp.tokenizer import load_tokenizer
+
+    model_dir, tasks = pretrained
+    model = AutoModelForMaskedLM.from_pretrained(model_dir)
+    tokenizer = load_tokenizer(str(model_dir))
+    task = load_task(tasks["order"])
+    scanned = probe_model(model, tokenizer, task, ProbeOptions(pooling="first", select_layer=True), max_seq_length=32)
+    layers = model.config.num_hidden_layers
+    assert [entry["layer"] for entry in scanned["layer_scan"]] == list(range(layers + 1))
+    for entry in scanned["layer_scan"]:  # each entry is the single-layer probe of that layer (the last: layer -1)
+        single = probe_model(model, tokenizer, task, ProbeOptions(pooling="first", layer=-1 if entry["layer"] == layers
+                                                                  else entry["layer"]), max_seq_length=32)
+        assert entry["validation"] == pytest.approx(single["validation"]["accuracy"], abs=1e-9)
+        assert entry["test"] == pytest.approx(single["test"]["accuracy"], abs=1e-9)
+    best = max(scanned["layer_scan"], key=lambda e: e["validation"])
+    assert scanned["validation"]["accuracy"] == best["validation"] and scanned["layer"] == best["layer"]
+    assert scanned["test"]["accuracy"] == best["test"]
+
+    output = tmp_path / "eval"
+    results = probe(load_config(EvaluateConfig, None, [f"model_name_or_path={model_dir}", f"output_dir={output}",
+                                                       f"tasks=[{json.dumps(_task_dict(tasks['order']))}]",
+                                                       "probe.pooling=first", "probe.select_layer=true"]))
+    row = results["tasks"]["order"]
+    assert len(row["random_probe"]["layer_scan"]) == layers + 1  # the floor is scanned the same way
+    assert f"| {100 * row['probe']['test']['accuracy']:.1f} (layer {row['probe']['layer']}) |" in \
+        (output / "results.md").read_text()
+
+
 def test_finetune_end_to_end_saves_a_loadable_model_and_fills_the_table(pretrained, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
