@@ -46,6 +46,13 @@ REFERENCES = {"wordnet_supersense": {"majority class": 0.083, "TF-IDF 1-2-grams 
                                      "frozen all-MiniLM-L6-v2 mean-pooled probe": 0.776}}
 REFERENCE_MODEL = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 1024,
                    "max_position_embeddings": 512}
+CRAM_2_LAYERS = json.dumps({"hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+                            "intermediate_size": 640, "hidden_activation": "gelu", "global_attn_every_n_layers": 1,
+                            "local_attention": 128, "max_position_embeddings": 128,
+                            "rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                                                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}},
+                            "norm_bias": False, "attention_bias": False, "mlp_bias": False, "embedding_dropout": 0.0,
+                            "attention_dropout": 0.0, "mlp_dropout": 0.0})
 BERT_256x4 = json.dumps({"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
                          "intermediate_size": 1024, "max_position_embeddings": 128})
 # One change each against the recipe (dotted overrides of recipes/cram-cpu.yaml: batch 32, mask 40%,
@@ -67,6 +74,7 @@ ABLATIONS = {
     "lr 5e-4": ["training.learning_rate=5e-4"],
     "sequence 64 (instead of 128), batch 64": ["data.max_seq_length=64", "training.per_device_train_batch_size=64"],
     "BERT post-norm, GELU MLP 1024, learned positions": ["model.model_type=bert", f"model.config_overrides={BERT_256x4}"],
+    "2 layers (instead of 4)": [f"model.config_overrides={CRAM_2_LAYERS}"],
     "fp32 (instead of bf16)": ["training.mixed_precision=no"],
     "dense head (no sparse prediction)": ["model.sparse_prediction=false"],
 }
