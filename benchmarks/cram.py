@@ -1,6 +1,7 @@
 """Quality per CPU-minute: recipes/cram-cpu.yaml against the standard Hugging Face pipeline, scored on WordNet supersenses.
 
     python benchmarks/cram.py                          # the whole comparison: ~70 minutes on 2 CPU cores
+    python benchmarks/cram.py --skip-reference-finetune   # as the README's table: the reference probed only (49 min)
     python benchmarks/cram.py --skip-reference         # the recipe and its evaluation only (~35 minutes)
     python benchmarks/cram.py --ablate --budget 240    # ablations: each variant trained 240 s, then probed
     python benchmarks/cram.py --ablate --budget 240 --only "mask 30%" "batch 64"   # some of them (name contains)
