@@ -59,19 +59,16 @@ def build_corpus(data, files, split: str):
 
 
 def training_and_validation_corpora(data):
+    if data.validation_holdout_every and not data.validation_files:  # hold out from the stored order, then shuffle
+        stored = build_corpus(dataclasses.replace(data, shuffle_documents=False), data.train_files, data.dataset_split)
+        train = HoldoutCorpus(stored, data.validation_holdout_every, held_out=False)
+        validation = HoldoutCorpus(stored, data.validation_holdout_every, held_out=True)
+        return (ShuffledCorpus(train, seed=data.seed) if data.shuffle_documents else train), validation
+    train = build_corpus(data, data.train_files, data.dataset_split)
     validation = None
     if data.validation_files:  # never mixed nor shuffled: the weights and the shuffle belong to train_files
-        train = build_corpus(data, data.train_files, data.dataset_split)
         validation = build_corpus(dataclasses.replace(data, mixture_weights=[], shuffle_documents=False),
                                   data.validation_files, "validation")
-    elif data.validation_holdout_every:  # hold out from the stored order, then shuffle what is left
-        stored = build_corpus(dataclasses.replace(data, shuffle_documents=False), data.train_files, data.dataset_split)
-        validation = HoldoutCorpus(stored, data.validation_holdout_every, held_out=True)
-        train = HoldoutCorpus(stored, data.validation_holdout_every, held_out=False)
-        if data.shuffle_documents:
-            train = ShuffledCorpus(train, seed=data.seed)
-    else:
-        train = build_corpus(data, data.train_files, data.dataset_split)
     return train, validation
 
 
