@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     debug = args.debug or os.environ.get("SSLNLP_DEBUG") == "1"
     from sslnlp.tokenizer import run_tokenizer_command
 
-    from sslnlp.train import TrainingError
+    from sslnlp.runtime import TrainingError
 
     from sslnlp.hub import run_push_command
 

@@ -434,7 +434,7 @@ def _every_process_sees(path: Path, accelerator) -> bool:
 
 def _accelerator(mixed_precision: str | None = None):
     """The shared Accelerator factory (resets a different precision left by an earlier run in this process)."""
-    from sslnlp.train import make_accelerator
+    from sslnlp.runtime import make_accelerator
 
     return make_accelerator(mixed_precision=mixed_precision)
 
@@ -589,7 +589,7 @@ def finetune_once(task: LabelledTask, tokenizer, config: EvaluateConfig, model_c
 
     from sslnlp.checkpoint import export_model
     from sslnlp.modeling import usable_positions
-    from sslnlp.train import learning_rate_multiplier, parameter_groups
+    from sslnlp.runtime import learning_rate_multiplier, parameter_groups
 
     options: FinetuneOptions = config.finetune
     start = time.perf_counter()
@@ -686,7 +686,7 @@ def finetune(config: EvaluateConfig) -> dict:
     Returns:
         the results dict also written to OUTPUT_DIR/results.json.
     """
-    from sslnlp.train import MetricsLog
+    from sslnlp.runtime import MetricsLog
 
     config.check()
     task_configs = config.task_configs()

@@ -146,7 +146,7 @@ def test_other_architectures_train_and_export(corpus_file, wordpiece_dir, bpe_di
 
 
 def test_learning_rate_schedules():
-    from sslnlp.train import learning_rate_multiplier as multiplier
+    from sslnlp.runtime import learning_rate_multiplier as multiplier
 
     for schedule in ("linear", "cosine", "constant", "wsd"):
         assert multiplier(0.05, schedule, warmup=0.1, decay_ratio=0.2, min_ratio=0.0) == pytest.approx(0.5)  # warmup
@@ -162,7 +162,7 @@ def test_learning_rate_schedules():
 def test_no_weight_decay_on_biases_and_norms():
     from transformers import BertConfig, BertForMaskedLM
 
-    from sslnlp.train import parameter_groups
+    from sslnlp.runtime import parameter_groups
 
     model = BertForMaskedLM(BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                        intermediate_size=64))
