@@ -62,10 +62,10 @@ ABLATIONS = {
     "recipe (cram-cpu.yaml)": [],
     "recipe, another seed (model init, masking, data order)": ["training.seed=7", "data.seed=7"],
     "first version (batch 64, mask 30%, linear decay)": [
-        "training.per_device_train_batch_size=64", "masking.mlm_probability=0.3", "training.lr_scheduler_type=linear"],
+        "training.per_device_train_batch_size=64", "objective.mlm_probability=0.3", "training.lr_scheduler_type=linear"],
     "stored document order (no data.shuffle_documents)": ["data.shuffle_documents=false"],
-    "mask 30% (instead of 40%)": ["masking.mlm_probability=0.3"],
-    "mask 15%": ["masking.mlm_probability=0.15"],
+    "mask 30% (instead of 40%)": ["objective.mlm_probability=0.3"],
+    "mask 15%": ["objective.mlm_probability=0.15"],
     "batch 64 (instead of 32)": ["training.per_device_train_batch_size=64"],
     "batch 16": ["training.per_device_train_batch_size=16"],
     "linear decay (instead of warmup-stable-decay)": ["training.lr_scheduler_type=linear"],
@@ -160,7 +160,8 @@ def run_reference(output_dir: Path, steps: int) -> dict:
 
 
 def evaluate(model_dir: Path, output_dir: Path, finetune_too: bool, extra: list[str] = (), layer0: bool = False) -> dict:
-    from sslnlp.evaluate import finetune, probe
+    from sslnlp.finetuning import finetune
+    from sslnlp.probing import probe
 
     config = evaluation_config(model_dir, output_dir, list(extra))
     started = time.perf_counter()

@@ -8,7 +8,7 @@
 Run from the repository root. Both pipelines read the same JSON Lines file with the same WordPiece tokenizer (30,522
 tokens, trained once on the corpus and cached under /tmp, or --tokenizer DIR) and yield MLM batches of 32 x 128:
 
-  A  sslnlp:    load_corpus -> PackedBlocks(objective='mlm', repeat=False) -> BlockStream(32, build_collator)
+  A  sslnlp:    load_corpus -> PackedBlocks(encoder layout, repeat=False) -> BlockStream(32, MLM collator)
   B  reference: load_dataset('json') -> map(tokenize) -> map(group_texts) -> DataLoader(DataCollatorForLanguageModeling)
 
 Runs alternate A B A B (the machine is shared, so neighbours slow whichever run they overlap); each line gives wall-clock
@@ -38,8 +38,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sslnlp.corpus import load_corpus  # noqa: E402
-from sslnlp.masking import build_collator  # noqa: E402
-from sslnlp.packing import BlockStream, PackedBlocks  # noqa: E402
+from sslnlp.masking import MaskedLanguageModelingCollator  # noqa: E402
+from sslnlp.packing import BlockLayout, BlockStream, PackedBlocks  # noqa: E402
 from sslnlp.tokenizer import load_tokenizer, train_tokenizer  # noqa: E402
 
 BLOCK_LENGTH, BATCH_SIZE, VOCAB_SIZE = 128, 32, 30522
@@ -56,8 +56,8 @@ def get_tokenizer(corpus: str, tokenizer_dir: str | None):
 
 def run_sslnlp(corpus: str, tokenizer, shuffle_buffer_size: int = 0, max_tokens: int = 0) -> int:
     """One pass of read -> tokenize -> pack -> collate; returns the non-padding tokens of all batches."""
-    dataset = PackedBlocks(load_corpus(corpus), tokenizer, BLOCK_LENGTH, objective="mlm", repeat=False)
-    stream = BlockStream(dataset, batch_size=BATCH_SIZE, collate=build_collator(tokenizer, "mlm"),
+    dataset = PackedBlocks(load_corpus(corpus), tokenizer, BLOCK_LENGTH, layout=BlockLayout.encoder(tokenizer), repeat=False)
+    stream = BlockStream(dataset, batch_size=BATCH_SIZE, collate=MaskedLanguageModelingCollator.from_tokenizer(tokenizer),
                          shuffle_buffer_size=shuffle_buffer_size)
     tokens = 0
     for batch in stream:

@@ -99,7 +99,8 @@ def build_reference_dataset(corpus: str, tokenizer_dir: str) -> str:
 
 def child_sslnlp(spec: dict) -> dict:
     """One sslnlp run through pretrain(); per-step figures from its metrics.jsonl."""
-    from sslnlp.config import DataConfig, MaskingConfig, ModelConfig, PretrainConfig, TokenizerConfig, TrainingConfig
+    from sslnlp.config import DataConfig, ModelConfig, PretrainConfig, TokenizerConfig, TrainingConfig
+    from sslnlp.objectives import get_objective
     from sslnlp.train import pretrain
 
     defaults = spec["precision"] == "defaults"
@@ -112,14 +113,14 @@ def child_sslnlp(spec: dict) -> dict:
             training.mixed_precision = {"fp32": "no", "bf16": "bf16"}[spec["precision"]]
             training.learning_rate = spec["learning_rate"]
         data = DataConfig(train_files=spec["corpus"], max_seq_length=spec["sequence_length"])
-        masking = MaskingConfig()
+        objective = get_objective("mlm").Config()
         for key, value in spec.get("sslnlp_overrides", {}).items():  # experiments: section.key=value
             section, name = key.split(".")
-            section_object = {"data": data, "masking": masking, "model": model, "training": training}.get(section)
+            section_object = {"data": data, "objective": objective, "model": model, "training": training}.get(section)
             if section_object is None or not hasattr(section_object, name):
-                raise ValueError(f"override {key}: not a data.*, masking.*, model.* or training.* setting")
+                raise ValueError(f"override {key}: not a data.*, objective.*, model.* or training.* setting")
             setattr(section_object, name, value)
-        config = PretrainConfig(output_dir=output_dir, data=data, masking=masking, model=model, training=training,
+        config = PretrainConfig(output_dir=output_dir, data=data, objective=objective, model=model, training=training,
                                 tokenizer=TokenizerConfig(tokenizer_name_or_path=spec["tokenizer_dir"]))
         started = time.perf_counter()
         summary = pretrain(config)
@@ -320,7 +321,7 @@ def main() -> None:
     parser.add_argument("--loss-check", type=int, default=0, metavar="STEPS",
                         help="instead: run both for STEPS steps in fp32 and print windowed mean losses side by side")
     parser.add_argument("--sslnlp-override", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="experiments: change a data.* / masking.* / model.* / training.* setting of the sslnlp "
+                        help="experiments: change a data.* / objective.* / model.* / training.* setting of the sslnlp "
                              "side (e.g. training.torch_compile=true, data.num_workers=1); repeatable")
     parser.add_argument("--corpus", default="../shared/corpora/small.jsonl.gz", help="JSON Lines file (text field)")
     parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: train once, cache in /tmp)")

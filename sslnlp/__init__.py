@@ -11,7 +11,7 @@ from sslnlp.config import (
     EvaluationConfig,
     FinetuneConfig,
     HubConfig,
-    MaskingConfig,
+    ObjectiveConfig,
     ModelConfig,
     PretrainConfig,
     ProbeConfig,
@@ -21,7 +21,8 @@ from sslnlp.config import (
     load_config,
 )
 from sslnlp.corpus import Corpus, CorpusError, load_corpus
-from sslnlp.masking import CausalLanguageModelingCollator, MaskedLanguageModelingCollator, build_collator
+from sslnlp.masking import CausalLanguageModelingCollator, MaskedLanguageModelingCollator
+from sslnlp.objectives import Objective, ObjectiveLoss, build_objective, get_objective, register_objective
 from sslnlp.packing import BlockStream, PackedBlocks
 from sslnlp.tasks import LabelledTask, load_task
 from sslnlp.tokenizer import load_tokenizer, train_tokenizer
@@ -35,15 +36,15 @@ def pretrain(config):
 
 
 def probe(config):
-    """Linear-probe a checkpoint on labelled tasks; see :func:`sslnlp.evaluate.probe`."""
-    from sslnlp.evaluate import probe as run
+    """Linear-probe a checkpoint on labelled tasks; see :func:`sslnlp.probing.probe`."""
+    from sslnlp.probing import probe as run
 
     return run(config)
 
 
 def finetune(config):
-    """Fine-tune a checkpoint on labelled tasks; see :func:`sslnlp.evaluate.finetune`."""
-    from sslnlp.evaluate import finetune as run
+    """Fine-tune a checkpoint on labelled tasks; see :func:`sslnlp.finetuning.finetune`."""
+    from sslnlp.finetuning import finetune as run
 
     return run(config)
 
@@ -57,9 +58,9 @@ def push_to_hub(output_dir, repo_id, **options):
 
 __all__ = [
     "BlockStream", "CausalLanguageModelingCollator", "Corpus", "CorpusError", "DataConfig", "EvaluateConfig",
-    "EvaluationConfig", "FinetuneConfig", "HubConfig", "LabelledTask", "MaskedLanguageModelingCollator", "MaskingConfig",
+    "EvaluationConfig", "FinetuneConfig", "HubConfig", "LabelledTask", "MaskedLanguageModelingCollator", "Objective", "ObjectiveConfig", "ObjectiveLoss",
     "ModelConfig", "PackedBlocks", "PretrainConfig", "ProbeConfig", "TaskConfig", "TokenizerConfig", "TrainingConfig",
-    "build_collator", "finetune", "load_config", "load_corpus", "load_task", "load_tokenizer", "pretrain", "probe",
-    "push_to_hub", "train_tokenizer",
+    "build_objective", "finetune", "get_objective", "load_config", "load_corpus", "load_task", "load_tokenizer", "pretrain", "probe",
+    "push_to_hub", "register_objective", "train_tokenizer",
 ]
 __version__ = "0.1.0"

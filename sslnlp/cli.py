@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from sslnlp.hub import run_push_command
 
-    from sslnlp.evaluate import run_finetune_command, run_probe_command
+    from sslnlp.finetuning import run_finetune_command
+    from sslnlp.probing import run_probe_command
 
     commands = {"pretrain": run_pretrain, "tokenizer": run_tokenizer_command, "push": run_push_command,
                 "probe": run_probe_command, "finetune": run_finetune_command}

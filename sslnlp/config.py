@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import re
 import types
 import typing
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+logger = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -68,15 +71,36 @@ class TokenizerConfig:
 
 
 @dataclass
-class MaskingConfig:
-    objective: str = option("mlm", "'mlm' (masked LM, encoders) or 'clm' (next-token prediction, decoders).")
-    mlm_probability: float = option(0.15, "Fraction of tokens to predict (mlm).")
-    mask_replace_probability: float = option(0.8, "Of the chosen tokens, fraction replaced by the mask token.")
-    random_replace_probability: float = option(0.1, "Of the chosen tokens, fraction replaced by a random token.")
-    masking: str = option("token", "'token', 'whole_word' or 'span' (SpanBERT) masking.")
-    fixed_mask_count: bool = option(False, "Mask exactly round(p x tokens) per sequence (static shapes).")
-    mean_span_length: float = option(3.8, "Span masking: mean span length in words.")
-    max_span_length: int = option(10, "Span masking: longest span in words.")
+class ObjectiveConfig:
+    """The ``objective:`` section: ``name`` picks a registered objective (sslnlp.objectives), whose own config class
+    (a subclass of this one) holds its options, e.g. ``objective: {name: mlm, mlm_probability: 0.3}``."""
+
+    name: str = option("mlm", "Pretraining objective: one of the registered objectives (mlm, clm, ...; "
+                              "see sslnlp.objectives).")
+
+    def check(self) -> None:
+        """Reject contradictions among this objective's options (one line naming the key)."""
+
+
+# name -> the objective's config class; filled by sslnlp.objectives.register_objective (this module imports none).
+OBJECTIVE_CONFIGS: dict[str, type] = {}
+
+
+def register_objective_config(name: str, config_class: type) -> None:
+    if not (dataclasses.is_dataclass(config_class) and issubclass(config_class, ObjectiveConfig)):
+        raise TypeError(f"the config of objective {name!r} must be a dataclass subclassing ObjectiveConfig")
+    OBJECTIVE_CONFIGS[name] = config_class
+
+
+def objective_config_class(name: str, key: str = "objective.name") -> type:
+    if name not in OBJECTIVE_CONFIGS:
+        raise ConfigError(f"{key}={name!r} is not a registered objective; choose one of "
+                          f"{', '.join(sorted(OBJECTIVE_CONFIGS))}")
+    return OBJECTIVE_CONFIGS[name]
+
+
+def default_objective() -> ObjectiveConfig:
+    return objective_config_class("mlm")() if "mlm" in OBJECTIVE_CONFIGS else ObjectiveConfig()
 
 
 @dataclass
@@ -178,7 +202,7 @@ class PretrainConfig:
     output_dir: str = option("runs/pretrain", "Run directory: checkpoints, metrics, final model.")
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    objective: ObjectiveConfig = field(default_factory=default_objective)
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
@@ -187,8 +211,6 @@ class PretrainConfig:
     def check(self) -> None:
         """Reject contradictions before any work starts (model-dependent checks happen when the model config loads)."""
         choices = {
-            "masking.objective": (self.masking.objective, ("mlm", "clm")),
-            "masking.masking": (self.masking.masking, ("token", "whole_word", "span")),
             "tokenizer.kind": (self.tokenizer.kind, ("wordpiece", "bpe", "unigram")),
             "training.lr_scheduler_type": (self.training.lr_scheduler_type, ("linear", "cosine", "constant", "wsd")),
             "training.mixed_precision": (self.training.mixed_precision, ("auto", "no", "bf16", "fp16")),
@@ -206,10 +228,8 @@ class PretrainConfig:
                 raise ConfigError(f"training.{key} must be >= 1")
         if self.data.max_seq_length < 8:
             raise ConfigError(f"data.max_seq_length={self.data.max_seq_length} is too short; use at least 8")
-        if self.masking.objective == "clm" and self.masking.masking != "token":
-            raise ConfigError(f"masking.masking={self.masking.masking!r} applies to objective 'mlm' only")
-        if self.masking.fixed_mask_count and self.masking.masking != "token":
-            raise ConfigError("masking.fixed_mask_count works with masking.masking='token' only")
+        objective_config_class(self.objective.name)
+        self.objective.check()
         if self.data.mixture_weights and not isinstance(self.data.train_files, list):
             raise ConfigError("data.mixture_weights needs data.train_files to be a list with one entry per weight")
         if self.data.shuffle_documents and self.data.mixture_weights and self.data.validation_holdout_every \
@@ -281,8 +301,13 @@ def _unknown_key(key: str, known: list[str], where: str) -> ConfigError:
     return ConfigError(f"unknown config key {where + key!r}{hint}")
 
 
+def _is_objective_field(annotation) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, ObjectiveConfig)
+
+
 def build(cls, values: dict, prefix: str = ""):
-    """Build dataclass ``cls`` from a nested dict, converting types and rejecting unknown keys."""
+    """Build dataclass ``cls`` from a nested dict, converting types and rejecting unknown keys. The ``objective``
+    section is built as the config class of the objective its ``name`` picks."""
     if not isinstance(values, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping of keys to values, got {values!r}")
     types_of = _field_types(cls)
@@ -290,32 +315,96 @@ def build(cls, values: dict, prefix: str = ""):
     kwargs = {}
     for key, value in values.items():
         if key not in known:
+            if issubclass(cls, ObjectiveConfig):
+                raise ConfigError(f"{prefix}{key} is not an option of objective {values.get('name', 'mlm')!r}; its "
+                                  f"options: {', '.join(prefix + k for k in known)}")
             raise _unknown_key(key, _all_keys(cls) if not prefix else known, prefix)
         annotation = types_of[key]
-        if dataclasses.is_dataclass(annotation):
+        if _is_objective_field(annotation):
+            value = value or {}
+            if not isinstance(value, dict):
+                raise ConfigError(f"{prefix}{key} must be a mapping such as {{name: mlm, mlm_probability: 0.15}}, "
+                                  f"got {value!r}")
+            name = _convert(value.get("name", "mlm"), str, f"{prefix}{key}.name")
+            kwargs[key] = build(objective_config_class(name, f"{prefix}{key}.name"), {**value, "name": name},
+                                f"{prefix}{key}.")
+        elif dataclasses.is_dataclass(annotation):
             kwargs[key] = build(annotation, value or {}, f"{prefix}{key}.")
         else:
             kwargs[key] = _convert(value, annotation, prefix + key)
     return cls(**kwargs)
 
 
-def _all_keys(cls, prefix: str = "") -> list[str]:
+def _section_class(annotation, objective_name: str | None):
+    """The dataclass of a nested section; the objective section's depends on the chosen objective."""
+    if _is_objective_field(annotation):
+        return OBJECTIVE_CONFIGS.get(objective_name or "mlm", ObjectiveConfig)
+    return annotation
+
+
+def _all_keys(cls, prefix: str = "", objective_name: str | None = None) -> list[str]:
     keys = []
     for f in dataclasses.fields(cls):
         annotation = _field_types(cls)[f.name]
+        keys.append(prefix + f.name)
         if dataclasses.is_dataclass(annotation):
-            keys.append(prefix + f.name)
-            keys.extend(_all_keys(annotation, f"{prefix}{f.name}."))
-        else:
-            keys.append(prefix + f.name)
+            keys.extend(_all_keys(_section_class(annotation, objective_name), f"{prefix}{f.name}.", objective_name))
     return keys
+
+
+# Keys of the old ``masking:`` section (objective and masking options before objectives became plug-ins).
+LEGACY_KEYS = {"masking.objective": "objective.name", "masking.masking": "objective.masking"}
+
+
+def _legacy_key(key: str) -> str | None:
+    if key in LEGACY_KEYS:
+        return LEGACY_KEYS[key]
+    return "objective." + key.split(".", 1)[1] if key.startswith("masking.") else None
+
+
+def translate_legacy_keys(values: dict, overrides: list[str], where: str = "config") -> tuple[dict, list[str]]:
+    """Rewrite the old ``masking:`` section and ``masking.*`` overrides into ``objective:``, saying what to rename.
+    MLM-only keys that the chosen objective does not have (a next-token recipe's old masking defaults) are dropped."""
+    legacy = values.pop("masking", None)
+    renamed = []
+    if isinstance(legacy, dict):
+        section = values.setdefault("objective", {})
+        for key, value in legacy.items():
+            new = _legacy_key(f"masking.{key}")
+            section.setdefault(new.split(".", 1)[1], value)
+            renamed.append((f"masking.{key}", new))
+    elif legacy is not None:
+        raise ConfigError(f"{where}: masking must be a mapping; it is now the objective section, e.g. "
+                          "objective: {name: mlm, mlm_probability: 0.15}")
+    translated = []
+    for override in overrides:
+        key, _, value = override.partition("=")
+        new = _legacy_key(key)
+        if new:
+            renamed.append((key, new))
+            override = f"{new}={value}"
+        translated.append(override)
+    if renamed:
+        name = next((o.split("=", 1)[1] for o in reversed(translated) if o.startswith("objective.name=")),
+                    (values.get("objective") or {}).get("name", "mlm"))
+        fields = {f.name for f in dataclasses.fields(OBJECTIVE_CONFIGS.get(name, ObjectiveConfig))}
+        section = values.get("objective") or {}
+        for key in [k for k in section if k not in fields]:
+            del section[key]
+        translated = [o for o in translated if not o.startswith("objective.") or o.split("=", 1)[0].split(".", 1)[1] in fields]
+        logger.warning("%s: the masking section is now the objective section; rename %s", where,
+                       ", ".join(f"{old} -> {new}" for old, new in dict(renamed).items()))
+    return values, translated
 
 
 def apply_overrides(values: dict, overrides: list[str], cls) -> dict:
     """Apply ``dotted.key=value`` overrides to a nested dict. A top-level key of a section may be written without
     the section when it is unique (``max_steps=10`` for ``training.max_steps=10``); ``output_dir=...`` is top level."""
+    objective_name = next((yaml.safe_load(o.split("=", 1)[1]) for o in reversed(overrides) if o.startswith("objective.name=")),
+                          (values.get("objective") or {}).get("name") if isinstance(values.get("objective"), dict) else None)
+    all_keys = _all_keys(cls, objective_name=str(objective_name) if objective_name else None)
     leaf_sections = {}
-    for dotted in _all_keys(cls):
+    for dotted in all_keys:
         parts = dotted.split(".")
         leaf_sections.setdefault(parts[-1], []).append(dotted)
     for override in overrides:
@@ -324,8 +413,13 @@ def apply_overrides(values: dict, overrides: list[str], cls) -> dict:
         key, raw = override.split("=", 1)
         if "." not in key and key not in [f.name for f in dataclasses.fields(cls)] and len(leaf_sections.get(key, [])) == 1:
             key = leaf_sections[key][0]
-        if key not in _all_keys(cls):
-            raise _unknown_key(key, _all_keys(cls), "")
+        if key not in all_keys:
+            if key.startswith("objective."):
+                options = [k for k in all_keys if k.startswith("objective.")]
+                guess = difflib.get_close_matches(key, options, n=1, cutoff=0.5)
+                raise ConfigError(f"{key} is not an option of objective {objective_name or 'mlm'!r}; "
+                                  + (f"did you mean {guess[0]!r}?" if guess else f"its options: {', '.join(options)}"))
+            raise _unknown_key(key, all_keys, "")
         target = values
         parts = key.split(".")
         for part in parts[:-1]:
@@ -351,8 +445,11 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] | None
             raise ConfigError(f"{path}{where}: invalid YAML ({getattr(error, 'problem', error)})") from None
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: a recipe must be a mapping of sections to settings")
-    values = apply_overrides(values, list(overrides or []), cls)
+    overrides = list(overrides or [])
+    if any(f.name == "objective" for f in dataclasses.fields(cls)):
+        values, overrides = translate_legacy_keys(values, overrides, str(path) if path else "overrides")
     try:
+        values = apply_overrides(values, overrides, cls)
         config = build(cls, values)
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}" if path else str(error)) from None
@@ -364,11 +461,17 @@ def to_dict(config) -> dict:
 
 
 def describe(cls, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(dotted key, default, help) for every field: the CLI's --help."""
+    """(dotted key, default, help) for every field: the CLI's --help. The objective section lists every registered
+    objective's options, each help text starting with the objective it belongs to."""
     rows = []
     for f in dataclasses.fields(cls):
         annotation = _field_types(cls)[f.name]
-        if dataclasses.is_dataclass(annotation):
+        if _is_objective_field(annotation):
+            rows.extend(describe(ObjectiveConfig, f"{prefix}{f.name}."))
+            for name, objective_class in sorted(OBJECTIVE_CONFIGS.items()):
+                rows.extend((key, default, f"({name}) {text}") for key, default, text
+                            in describe(objective_class, f"{prefix}{f.name}.") if not key.endswith(".name"))
+        elif dataclasses.is_dataclass(annotation):
             rows.extend(describe(annotation, f"{prefix}{f.name}."))
         else:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()

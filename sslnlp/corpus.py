@@ -86,7 +86,7 @@ class Corpus:
 # ----------------------------------------------------------------------------------------------------------- files
 
 
-def _open_binary(path: Path):
+def open_binary(path: Path):
     """Open a (possibly compressed) file for buffered binary reading; the suffix decides the codec."""
     suffix = path.suffix.lower()
     if suffix == ".gz":
@@ -243,7 +243,7 @@ class FileCorpus(Corpus):
         limit = self.max_document_bytes
         blank_mode = fmt == "text" and self.document_separator == "blank_line"
         try:
-            with _open_binary(path) as handle:
+            with open_binary(path) as handle:
                 line_number = 0
                 if resume:
                     handle.seek(resume["offset"])
@@ -288,7 +288,7 @@ class FileCorpus(Corpus):
 
     def _csv_records(self, path: Path, resume: dict | None, delimiter: str):
         skip = resume["line"] if resume else 0
-        with _open_binary(path) as handle:
+        with open_binary(path) as handle:
             text = io.TextIOWrapper(handle, encoding="utf-8", newline="")
             try:
                 reader = csv.DictReader(text, delimiter=delimiter)

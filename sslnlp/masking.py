@@ -117,6 +117,22 @@ class MaskedLanguageModelingCollator:
             coverage = lambda q: 1 - math.prod(1 - q * s for s in survival)  # noqa: E731
             self.span_start_probability = _bisect(coverage, 0.0, 1.0, mlm_probability, increasing=True)
 
+    @classmethod
+    def from_tokenizer(cls, tokenizer, *, seed: int = 0, vocab_size: int | None = None, **options):
+        """A collator with the mask, pad and special ids of ``tokenizer``; ``options``: the keyword arguments above.
+
+        Args:
+            tokenizer: a transformers tokenizer with a mask token.
+            seed: generator seed.
+            vocab_size: random-replacement range (defaults to len(tokenizer)).
+        """
+        if tokenizer.mask_token_id is None:
+            raise ValueError("masked-LM needs a tokenizer with a mask token; train one for an encoder "
+                             "(train_tokenizer(..., encoder=True))")
+        return cls(mask_token_id=tokenizer.mask_token_id, vocab_size=vocab_size or len(tokenizer),
+                   special_token_ids=tokenizer.all_special_ids, pad_token_id=pad_token_id_of(tokenizer), seed=seed,
+                   **options)
+
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}
 
@@ -193,6 +209,11 @@ class CausalLanguageModelingCollator:
         self.pad_token_id = pad_token_id
         self.pad_to_multiple_of = pad_to_multiple_of
 
+    @classmethod
+    def from_tokenizer(cls, tokenizer):
+        pad = pad_token_id_of(tokenizer)
+        return cls(pad_token_id=pad if pad is not None else 0)
+
     def state_dict(self) -> dict:
         return {}
 
@@ -211,23 +232,6 @@ class CausalLanguageModelingCollator:
         return out
 
 
-def build_collator(tokenizer, objective: str, masking_options: dict | None = None, seed: int = 0, vocab_size: int | None = None):
-    """The collator for an objective, with special ids taken from the tokenizer.
-
-    Args:
-        tokenizer: a transformers tokenizer.
-        objective: 'mlm' or 'clm'.
-        masking_options: keyword arguments of MaskedLanguageModelingCollator (mlm only).
-        seed: generator seed.
-        vocab_size: random-replacement range (defaults to len(tokenizer)).
-    """
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if objective == "clm":
-        return CausalLanguageModelingCollator(pad_token_id=pad if pad is not None else 0)
-    if objective != "mlm":
-        raise ValueError(f"unknown objective {objective!r}; choose one of ('mlm', 'clm')")
-    if tokenizer.mask_token_id is None:
-        raise ValueError("masked-LM needs a tokenizer with a mask token; train one with objective='mlm'")
-    return MaskedLanguageModelingCollator(mask_token_id=tokenizer.mask_token_id, vocab_size=vocab_size or len(tokenizer),
-                                          special_token_ids=tokenizer.all_special_ids, pad_token_id=pad, seed=seed,
-                                          **(masking_options or {}))
+def pad_token_id_of(tokenizer) -> int | None:
+    """The tokenizer's pad id, else its eos id (decoders often have no pad token)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

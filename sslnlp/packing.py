@@ -4,7 +4,7 @@ Data flow (one direction only):
 
     Corpus.iter_documents(shard)                    documents of this shard, with resumable positions
       -> tokenize a batch of documents                (fast tokenizer, batched, no special tokens)
-      -> join with the separator (MLM) or EOS (CLM)   and append to the carry-over of the previous batch
+      -> join with the layout's separator            and append to the carry-over of the previous batch
       -> cut blocks of exactly max_seq_length         ([CLS] content [SEP] per block for encoders)
       -> one "chunk" per document batch               (in a DataLoader worker, with the shard's state after it)
     BlockStream (main process)
@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -30,20 +31,39 @@ from sslnlp.corpus import Corpus, CorpusError
 logger = logging.getLogger(__name__)
 
 
-def block_specials(tokenizer, objective: str) -> tuple[list[int], list[int], int]:
-    """(prefix ids, suffix ids, document separator id) for packed blocks of an objective."""
-    if objective == "mlm":
+@dataclass(frozen=True)
+class BlockLayout:
+    """How packed blocks look: ``prefix`` content ``suffix``, documents joined by ``separator``; an objective says
+    which layout it wants (``Objective.block_layout``).
+
+    Args:
+        prefix: ids at the start of every block ([CLS] for encoders, nothing for decoders).
+        suffix: ids at the end of every block ([SEP] for encoders).
+        separator: id placed after every document ([SEP] for encoders, EOS for decoders).
+        word_starts: also carry word starts (whole-word and span masking need them).
+    """
+
+    prefix: tuple[int, ...]
+    suffix: tuple[int, ...]
+    separator: int
+    word_starts: bool = False
+
+    @classmethod
+    def encoder(cls, tokenizer, word_starts: bool = False) -> "BlockLayout":
+        """[CLS] content [SEP] blocks, [SEP] between documents (cls/sep, else bos/eos)."""
         start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
         end = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
         if start is None or end is None:
-            raise ValueError("masked-LM packing needs a tokenizer with cls/sep (or bos/eos) tokens")
-        return [start], [end], end
-    if objective == "clm":
+            raise ValueError("encoder packing needs a tokenizer with cls/sep (or bos/eos) tokens")
+        return cls((start,), (end,), end, word_starts)
+
+    @classmethod
+    def decoder(cls, tokenizer) -> "BlockLayout":
+        """Bare content, EOS after each document (eos, else sep)."""
         eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
         if eos is None:
-            raise ValueError("next-token packing needs a tokenizer with an eos token")
-        return [], [], eos
-    raise ValueError(f"unknown objective {objective!r}; choose one of ('mlm', 'clm')")
+            raise ValueError("decoder packing needs a tokenizer with an eos token")
+        return cls((), (), eos, False)
 
 
 class BlockPacker:
@@ -102,6 +122,19 @@ class BlockPacker:
         self.carry_starts = np.asarray(state["carry_starts"], dtype=bool)
 
 
+def packing_backend(tokenizer):
+    """An independent copy of the tokenizer's Rust backend with truncation and padding off: packing must see every
+    token of every document. A tokenizer.json from the Hub often enables truncation (to 512), and calling a
+    transformers tokenizer with truncation=True or padding switches it on in the shared backend; either would
+    silently cut documents here."""
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.no_truncation()
+    backend.no_padding()
+    return backend
+
+
 def word_starts_of(encoding) -> np.ndarray:
     """Boolean array [num_tokens]: True where a token starts a new word (word ids from the pre-tokenizer)."""
     word_ids = np.asarray([-1 if w is None else w for w in encoding.word_ids], dtype=np.int64)
@@ -121,8 +154,7 @@ class PackedBlocks(torch.utils.data.IterableDataset):
         corpus: the document stream.
         tokenizer: a fast ``transformers`` tokenizer.
         max_seq_length: block length L, special tokens included.
-        objective: 'mlm' ([CLS] ... [SEP] blocks, [SEP] between documents) or 'clm' (EOS after each document).
-        with_word_starts: also return word starts (needed by whole-word and span masking).
+        layout: the objective's BlockLayout (special tokens around blocks and between documents, word starts).
         rank, world_size: this process's place among the distributed ranks.
         num_workers: DataLoader workers per rank (0: the main process reads one shard).
         documents_per_batch: documents tokenized per call of the batched tokenizer (one chunk).
@@ -130,17 +162,16 @@ class PackedBlocks(torch.utils.data.IterableDataset):
             partial block, padded (evaluation).
     """
 
-    def __init__(self, corpus: Corpus, tokenizer, max_seq_length: int, *, objective: str = "mlm",
-                 with_word_starts: bool = False, rank: int = 0, world_size: int = 1, num_workers: int = 0,
+    def __init__(self, corpus: Corpus, tokenizer, max_seq_length: int, *, layout: BlockLayout, rank: int = 0, world_size: int = 1, num_workers: int = 0,
                  documents_per_batch: int = 64, repeat: bool = True):
         super().__init__()
         self.corpus = corpus
         self.tokenizer = tokenizer
-        self.backend = tokenizer.backend_tokenizer if hasattr(tokenizer, "backend_tokenizer") else tokenizer._tokenizer
+        self.backend = packing_backend(tokenizer)
         self.max_seq_length = max_seq_length
-        self.objective = objective
-        self.prefix, self.suffix, self.separator = block_specials(tokenizer, objective)
-        self.with_word_starts = with_word_starts
+        self.layout = layout
+        self.prefix, self.suffix, self.separator = list(layout.prefix), list(layout.suffix), layout.separator
+        self.with_word_starts = layout.word_starts
         self.rank, self.world_size = rank, world_size
         self.workers_per_rank = max(1, num_workers)
         self.documents_per_batch = documents_per_batch

@@ -102,9 +102,9 @@ class LabelledTask:
 
 
 def _open_text(path: Path):
-    from sslnlp.corpus import _open_binary  # the corpus readers' codec choice (.gz .bz2 .xz .zst by suffix)
+    from sslnlp.corpus import open_binary  # the corpus readers' codec choice (.gz .bz2 .xz .zst by suffix)
 
-    return io.TextIOWrapper(_open_binary(path), encoding="utf-8", newline="")
+    return io.TextIOWrapper(open_binary(path), encoding="utf-8", newline="")
 
 
 def _format_of(path: Path) -> str:

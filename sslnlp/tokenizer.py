@@ -3,7 +3,7 @@
 Train one from the command line (reads the files as a stream, never the whole corpus at once):
 
     sslnlp tokenizer data/*.txt --output-dir runs/tokenizer-wordpiece --kind wordpiece --vocab-size 8192
-    python -m sslnlp tokenizer corpus.jsonl.zst --output-dir runs/tokenizer-bpe --kind bpe --objective clm
+    python -m sslnlp tokenizer corpus.jsonl.zst --output-dir runs/tokenizer-bpe --kind bpe --decoder
 
 or from Python: `train_tokenizer(list_of_strings, "runs/tokenizer", kind="bpe")`. The output directory loads back with
 `transformers.AutoTokenizer.from_pretrained(directory)` or `load_tokenizer(directory)`.
@@ -23,24 +23,21 @@ if TYPE_CHECKING:  # transformers is imported lazily: it is slow to import and n
     import transformers
 
 TOKENIZER_KINDS = ("wordpiece", "bpe", "unigram")
-TOKENIZER_OBJECTIVES = ("mlm", "clm")
 BYTE_LEVEL_ALPHABET_SIZE = 256
 # Documents handed to the Rust trainer per Python call: large enough to amortise the call, small enough that a
 # generator is never pulled far ahead of what the trainer has consumed.
 DOCUMENTS_PER_TRAINING_BATCH = 256
 
 
-def special_tokens_for(kind: str, objective: str) -> dict[str, str]:
+def special_tokens_for(kind: str, encoder: bool) -> dict[str, str]:
     """Map each transformers special-token attribute (`pad_token`, ...) to its token string.
 
     The dict order is the id order: the first occurrence of each distinct token gets the next id, starting at 0.
 
     Args:
         kind: one of TOKENIZER_KINDS.
-        objective: "mlm" (masked LM: needs a mask token) or "clm" (next-token prediction).
+        encoder: True for encoder objectives (a mask token; sequences wrapped in cls/sep), False for decoders.
     """
-    if objective not in TOKENIZER_OBJECTIVES:
-        raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(TOKENIZER_OBJECTIVES)}")
     if kind == "wordpiece":
         # BERT has no bos/eos; [CLS]/[SEP] play those roles so packing code can ask every tokenizer for bos/eos.
         return {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
@@ -48,7 +45,7 @@ def special_tokens_for(kind: str, objective: str) -> dict[str, str]:
     if kind in ("bpe", "unigram"):
         special_tokens = {"bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>",
                           "cls_token": "<s>", "sep_token": "</s>"}
-        if objective == "mlm":
+        if encoder:
             special_tokens["mask_token"] = "<mask>"
         return special_tokens
     raise ValueError(f"unknown tokenizer kind {kind!r}; choose one of {', '.join(TOKENIZER_KINDS)}")
@@ -91,20 +88,21 @@ def _is_non_empty_document(document: object) -> bool:
 
 
 def train_tokenizer(documents: Iterable[str], output_dir: str | os.PathLike | None = None, *, kind: str = "wordpiece",
-                    objective: str = "mlm", vocab_size: int = 8192, round_vocab_to: int = 64, min_frequency: int = 2,
+                    encoder: bool = True, vocab_size: int = 8192, round_vocab_to: int = 64, min_frequency: int = 2,
                     max_documents: int | None = None,
                     lowercase: bool | None = None) -> transformers.PreTrainedTokenizerFast:
     """Train a tokenizer on a stream of documents and return it as a transformers PreTrainedTokenizerFast.
 
-    Special tokens get the lowest ids, in the order of `special_tokens_for(kind, objective)`. On a small corpus the
+    Special tokens get the lowest ids, in the order of `special_tokens_for(kind, encoder)`. On a small corpus the
     learned vocabulary can be smaller than the (rounded) target.
 
     Args:
         documents: any iterable of strings (list, generator, `load_corpus(...)`); read once, in batches.
         output_dir: when given, save there with `save_pretrained` (loads back with `AutoTokenizer.from_pretrained`).
         kind: "wordpiece" (BERT), "bpe" (byte-level, RoBERTa / GPT-2) or "unigram" (SentencePiece-style).
-        objective: "mlm" adds a mask token and wraps sequences in cls/sep; "clm" adds nothing around a sequence for
-            bpe/unigram (the packing code inserts EOS between documents).
+        encoder: True (encoder objectives: masked LM, ELECTRA, ...) adds a mask token and wraps sequences in cls/sep;
+            False (decoders) adds nothing around a sequence for bpe/unigram (packing inserts EOS between documents).
+            ``Objective.encoder`` says which an objective needs.
         vocab_size: target vocabulary size, special tokens included, before rounding.
         round_vocab_to: round vocab_size up to a multiple of this (0 or 1: no rounding).
         min_frequency: minimum pair/word count for a merge (ignored by unigram, whose trainer has no such knob).
@@ -114,7 +112,7 @@ def train_tokenizer(documents: Iterable[str], output_dir: str | os.PathLike | No
     from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    special_tokens = special_tokens_for(kind, objective)
+    special_tokens = special_tokens_for(kind, encoder)
     if vocab_size < 1 or round_vocab_to < 0:
         raise ValueError(f"vocab_size must be >= 1 and round_vocab_to >= 0; got {vocab_size} and {round_vocab_to}")
     if max_documents is not None and max_documents < 1:
@@ -150,7 +148,7 @@ def train_tokenizer(documents: Iterable[str], output_dir: str | os.PathLike | No
         trainer = trainers.BpeTrainer(vocab_size=target_vocab_size, min_frequency=min_frequency,
                                       special_tokens=trainer_special_tokens, show_progress=show_progress,
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-        if objective == "mlm":
+        if encoder:
             post_processor = processors.RobertaProcessing(("</s>", token_ids["</s>"]), ("<s>", token_ids["<s>"]),
                                                           trim_offsets=True, add_prefix_space=False)
         else:
@@ -164,7 +162,7 @@ def train_tokenizer(documents: Iterable[str], output_dir: str | os.PathLike | No
         tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
         trainer = trainers.UnigramTrainer(vocab_size=target_vocab_size, special_tokens=trainer_special_tokens,
                                           unk_token="<unk>", show_progress=show_progress)
-        if objective == "mlm":
+        if encoder:
             # RoBERTa layout, all token type ids 0: RoBERTa-style models have a single token type embedding.
             post_processor = processors.TemplateProcessing(
                 single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
@@ -232,8 +230,9 @@ def add_tokenizer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("files", nargs="+", help="corpus files or globs (.txt, .jsonl, .parquet, compressed, ...)")
     parser.add_argument("--output-dir", required=True, help="directory to save the tokenizer in")
     parser.add_argument("--kind", choices=TOKENIZER_KINDS, default="wordpiece", help="tokenizer model")
-    parser.add_argument("--objective", choices=TOKENIZER_OBJECTIVES, default="mlm",
-                        help="mlm adds a mask token; clm adds no special tokens around a sequence (bpe/unigram)")
+    parser.add_argument("--decoder", action="store_true",
+                        help="for a decoder (next-token objective): no mask token and nothing around a sequence "
+                             "(bpe/unigram); the default is an encoder tokenizer (mask token, cls/sep)")
     parser.add_argument("--vocab-size", type=int, default=8192,
                         help="target vocabulary size, rounded up to a multiple of 64")
     parser.add_argument("--min-frequency", type=int, default=2, help="minimum count for a merge (wordpiece/bpe)")
@@ -258,8 +257,8 @@ def run_tokenizer_command(args: argparse.Namespace) -> None:
             documents_read += 1
             yield document
 
-    tokenizer = train_tokenizer(counted_documents(), args.output_dir, kind=args.kind, objective=args.objective,
+    tokenizer = train_tokenizer(counted_documents(), args.output_dir, kind=args.kind, encoder=not args.decoder,
                                 vocab_size=args.vocab_size, min_frequency=args.min_frequency,
                                 max_documents=args.max_documents)
-    print(f"trained {args.kind} tokenizer ({args.objective}) on {documents_read} documents: {len(tokenizer)} tokens "
+    print(f"trained {args.kind} tokenizer ({'decoder' if args.decoder else 'encoder'}) on {documents_read} documents: {len(tokenizer)} tokens "
           f"-> {args.output_dir}")

@@ -28,14 +28,14 @@ def documents() -> list[str]:
 def wordpiece_tokenizer(documents, tmp_path_factory):
     from sslnlp.tokenizer import train_tokenizer
 
-    return train_tokenizer(documents, tmp_path_factory.mktemp("wordpiece"), kind="wordpiece", objective="mlm", vocab_size=512)
+    return train_tokenizer(documents, tmp_path_factory.mktemp("wordpiece"), kind="wordpiece", encoder=True, vocab_size=512)
 
 
 @pytest.fixture(scope="session")
 def bpe_tokenizer(documents, tmp_path_factory):
     from sslnlp.tokenizer import train_tokenizer
 
-    return train_tokenizer(documents, tmp_path_factory.mktemp("bpe"), kind="bpe", objective="clm", vocab_size=320)
+    return train_tokenizer(documents, tmp_path_factory.mktemp("bpe"), kind="bpe", encoder=False, vocab_size=320)
 
 
 @pytest.fixture(scope="session")
@@ -69,7 +69,7 @@ def tiny_overrides(output_dir, tokenizer_dir, objective="mlm", steps=30, **extra
     else:
         model = ["model.model_type=gpt2", "model.config_overrides={n_embd: 32, n_layer: 2, n_head: 2, n_positions: 64}"]
     values = [f"output_dir={output_dir}", f"tokenizer.tokenizer_name_or_path={tokenizer_dir}",
-              f"masking.objective={objective}", "data.max_seq_length=32", "data.shuffle_buffer_size=64",
+              f"objective.name={objective}", "data.max_seq_length=32", "data.shuffle_buffer_size=64",
               "data.validation_holdout_every=10", "training.per_device_train_batch_size=8", f"training.max_steps={steps}",
               "training.learning_rate=3e-3", "training.warmup_ratio=0.1", "training.logging_steps=1",
               "evaluation.eval_blocks=32", "evaluation.per_device_eval_batch_size=16", *model]

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from sslnlp.corpus import CorpusError, load_corpus
-from sslnlp.packing import PackedBlocks
+from sslnlp.packing import BlockLayout, PackedBlocks
 
 
 def _jsonl(tmp_path, lines, name="bad.jsonl"):
@@ -55,6 +55,6 @@ def test_skip_policy_skips_and_counts(tmp_path):
 
 def test_empty_corpus_is_reported_before_training(tmp_path, wordpiece_tokenizer):
     (tmp_path / "empty.jsonl").write_text("\n\n")
-    blocks = PackedBlocks(load_corpus(str(tmp_path / "empty.jsonl")), wordpiece_tokenizer, 32)
+    blocks = PackedBlocks(load_corpus(str(tmp_path / "empty.jsonl")), wordpiece_tokenizer, 32, layout=BlockLayout.encoder(wordpiece_tokenizer))
     with pytest.raises(CorpusError, match="has no documents"):
         next(iter(blocks))

@@ -64,7 +64,9 @@ CASES = {
     "mlm on a decoder": (lambda t, w, c: ["model.model_type=gpt2", "model.config_overrides={}"], "model type 'gpt2' has no masked-LM (mlm) head"),
     "unknown model type": (lambda t, w, c: ["model.model_type=bertt"], "model.model_type='bertt'"),
     "sequence too long": (lambda t, w, c: ["data.max_seq_length=128"], "data.max_seq_length=128 exceeds the model's 64 positions"),
-    "whole word with clm": (lambda t, w, c: ["masking.objective=clm", "masking.masking=whole_word"], "applies to objective 'mlm' only"),
+    "whole word with clm": (lambda t, w, c: ["objective.name=clm", "objective.masking=whole_word"],
+                            "objective.masking is not an option of objective 'clm'"),
+    "unknown objective": (lambda t, w, c: ["objective.name=bert"], "objective.name='bert' is not a registered objective"),
     "mixture weights mismatch": (lambda t, w, c: [f"data.train_files=[{c}, {c}]", "data.mixture_weights=[1]"], "data.mixture_weights has 1 weights for 2"),
     "shuffle an endless mixture to hold out from": (
         lambda t, w, c: [f"data.train_files=[{c}, {c}]", "data.mixture_weights=[1, 1]", "data.shuffle_documents=true",
@@ -77,7 +79,7 @@ CASES = {
                                                "but the model's vocabulary has 64; use the tokenizer the checkpoint was trained with"),
     "resume from a non-checkpoint": (lambda t, w, c: [f"training.resume_from_checkpoint={t}"], "is not a complete checkpoint"),
     "unwritable output dir": (lambda t, w, c: [f"output_dir={write(t, 'file', 'x')}/run"], "is not writable"),
-    "bad mask rate": (lambda t, w, c: ["masking.mlm_probability=1.5"], "mlm_probability=1.5 must be in (0, 1)"),
+    "bad mask rate": (lambda t, w, c: ["objective.mlm_probability=1.5"], "objective.mlm_probability=1.5 must be in (0, 1)"),
 }
 
 

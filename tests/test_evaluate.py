@@ -1,12 +1,11 @@
-"""Evaluation: metrics against hand-computed values; labelled tasks from files with one-line errors; probe() and
-finetune() end to end on a tiny pretrained model and its random-weight twin; the results tables.
+"""Evaluation: labelled tasks from files with one-line errors; probe() and finetune() end to end on a tiny
+pretrained model and its random-weight twin; the results tables (the metrics: tests/test_metrics.py).
 
     OMP_NUM_THREADS=1 python -m pytest tests/test_evaluate.py -q
 """
 
 import argparse
 import json
-import math
 import random
 from pathlib import Path
 
@@ -16,19 +15,8 @@ import textgen
 from conftest import ACCELERATE, tiny_overrides
 
 from sslnlp.config import ConfigError, EvaluateConfig, TaskConfig, load_config
-from sslnlp.evaluate import (
-    accuracy,
-    average_ranks,
-    f1,
-    finetune,
-    macro_f1,
-    matthews_correlation,
-    pearson,
-    probe,
-    probe_model,
-    run_probe_command,
-    spearman,
-)
+from sslnlp.finetuning import finetune
+from sslnlp.probing import probe, probe_model, run_probe_command
 from sslnlp.tasks import TaskError, load_task, resolve_task_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,39 +29,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-# ------------------------------------------------------------------------------------------------------- metrics
-
-
-def test_binary_metrics_match_hand_computed_values():
-    predictions = [1, 1, 1, 1, 0, 0, 0, 0]
-    labels = [1, 1, 0, 0, 1, 0, 0, 0]  # TP 2, FP 2, FN 1, TN 3
-    assert accuracy(predictions, labels) == pytest.approx(5 / 8)
-    assert f1(predictions, labels) == pytest.approx(2 * 2 / (2 * 2 + 2 + 1))
-    assert matthews_correlation(predictions, labels) == pytest.approx((2 * 3 - 2 * 1) / math.sqrt(4 * 3 * 5 * 4))
-    assert matthews_correlation([1, 1, 1], [0, 1, 1]) == 0.0  # undefined (constant predictions): 0
-    assert f1([0, 0], [0, 0]) == 0.0
-
-
-def test_multiclass_metrics_match_hand_computed_values():
-    labels = [0, 0, 1, 1, 2, 2]
-    predictions = [0, 1, 1, 1, 2, 0]
-    assert accuracy(predictions, labels) == pytest.approx(4 / 6)
-    # per class F1: 0 -> 2/(2+1+1), 1 -> 4/(4+1), 2 -> 2/(2+1)
-    assert macro_f1(predictions, labels) == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
-    # confusion rows [1 1 0] [0 2 0] [1 0 1]: c=4, s=6, t=(2,2,2), p=(2,3,1)
-    assert matthews_correlation(predictions, labels) == pytest.approx((4 * 6 - 12) / math.sqrt((36 - 14) * (36 - 12)))
-    assert matthews_correlation(labels, labels) == pytest.approx(1.0)
-
-
-def test_correlations_match_hand_computed_values_with_ties():
-    assert pearson([1, 2, 3, 4], [2, 4, 5, 9]) == pytest.approx(11 / math.sqrt(5 * 26))
-    assert average_ranks([3, 1, 2, 2]).tolist() == [4.0, 1.0, 2.5, 2.5]
-    # ranks (1, 2.5, 2.5, 4) and (1, 2, 3.5, 3.5): 3.75 / sqrt(4.5 * 4.5)
-    assert spearman([1, 2, 2, 3], [10, 20, 30, 30]) == pytest.approx(3.75 / 4.5)
-    assert spearman([1, 2, 3, 4], [1, 8, 27, 64]) == pytest.approx(1.0)
-    assert pearson([1, 1, 1], [1, 2, 3]) == 0.0
 
 
 # --------------------------------------------------------------------------------------------------------- tasks
@@ -393,7 +348,8 @@ def test_finetune_end_to_end_saves_a_loadable_model_and_fills_the_table(pretrain
 
 LAUNCH_SCRIPT = """
 import argparse, sys
-from sslnlp.evaluate import run_finetune_command, run_probe_command
+from sslnlp.finetuning import run_finetune_command
+from sslnlp.probing import run_probe_command
 run_probe_command(argparse.Namespace(recipe=None, overrides=sys.argv[1:]))
 run_finetune_command(argparse.Namespace(recipe=None, overrides=sys.argv[1:]))
 """

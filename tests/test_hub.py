@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,8 @@ from conftest import ACCELERATE, tiny_overrides
 from hub_server import HubServer, unused_port_url
 
 from sslnlp.config import ConfigError, PretrainConfig, load_config
-from sslnlp.hub import model_card, published_files
+from sslnlp.card import model_card
+from sslnlp.hub import published_files
 from sslnlp.train import pretrain
 
 TOKEN = "hf_sslnlpTestToken0123456789abcdef"
@@ -79,8 +81,9 @@ def test_config_checks_and_model_card_metadata():
     with pytest.raises(ConfigError, match="is not a Hub repository id"):
         load_config(PretrainConfig, None, ["max_steps=1", "push_to_hub=true", "hub_model_id=me/a b"]).check()
 
-    config = {"masking": {"objective": "clm"}, "data": {"train_files": "wikitext", "max_seq_length": 64},
-              "training": {"per_device_train_batch_size": 4, "learning_rate": 3e-4}, "hub": {"hub_language": ["fr"]}}
+    config = load_config(PretrainConfig, None, ["objective.name=clm", "data.train_files=wikitext", "data.max_seq_length=64",
+                                                "training.per_device_train_batch_size=4", "training.learning_rate=3e-4",
+                                                "hub.hub_language=[fr]", "training.max_steps=10"])
     results = {"model_name_or_path": "runs/x", "tasks": {"sst2": {
         "metrics": ["accuracy"], "split": "validation", "problem_type": "classification",
         "probe": {"test": {"accuracy": 0.71}}, "random_probe": {"test": {"accuracy": 0.55}},
@@ -101,6 +104,10 @@ def test_config_checks_and_model_card_metadata():
     assert probe["dataset"]["config"] == "sst2" and probe["metrics"][0]["value"] == 0.71
     assert finetune["metrics"][0]["value"] == 0.8
     assert 'pipeline("text-generation", model="me/tiny-gpt")' in card and "| sst2 | accuracy |" in card
+    # every recipe value comes from the typed config: no dash where a setting exists
+    assert "| objective | next-token prediction |" in card and "peak learning rate 0.0003" in card
+    assert "| batch | 4 blocks of 64 tokens per step (4 per device x 1 accumulation x 1 processes) |" in card
+    assert "| seed | 42 |" in card and "warmup 0.06 of the budget" in card
 
 
 def test_background_pusher_supersedes_queued_snapshots_and_never_blocks(monkeypatch, tmp_path):
@@ -232,3 +239,31 @@ def test_only_rank_zero_pushes_under_two_process_launch(corpus_file, wordpiece_d
     sslnlp_requests = [r for r in hub.requests if "sslnlp/" in r["user_agent"]]
     assert sslnlp_requests and all("sslnlp-process/0" in r["user_agent"] for r in sslnlp_requests)
     assert hub.files("me/tiny-ddp")["model.safetensors"] == (tmp_path / "run" / "model.safetensors").read_bytes()
+
+
+def test_hub_token_is_used_for_real_pushes_and_written_nowhere(corpus_file, wordpiece_dir, tmp_path):
+    """A real run pushes (checkpoints with their training state, then the final model) to the local Hub server with
+    HF_TOKEN set; the token must reach the server and appear in no file of the run directory, no pushed file, no
+    log line (stdout and stderr of the command) and no metric."""
+    secret = "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0123"
+    with HubServer() as hub:
+        overrides = tiny_overrides(tmp_path / "run", wordpiece_dir, steps=6, **{
+            "data.train_files": corpus_file, **FAST, "training.save_steps": 3, "hub.push_to_hub": "true",
+            "hub.hub_model_id": "me/secret-check", "hub.hub_strategy": "checkpoint", "hub.hub_retry_delay": 0.01})
+        environment = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "HF_ENDPOINT": hub.url,
+                       "HF_TOKEN": secret, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1"}
+        result = subprocess.run([sys.executable, "-m", "sslnlp", "pretrain", *overrides], cwd=REPO, env=environment,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-4000:]
+        pushed = hub.files("me/secret-check")
+    assert [c["summary"] for c in hub.commits] == ["Checkpoint at step 3 (with training state)",
+                                                   "End of training: step 6, 1,536 tokens"]
+    assert any(r["authorization"] == f"Bearer {secret}" for r in hub.requests)  # the token was really used
+    assert "model.safetensors" in pushed and "last-checkpoint/loop_state.json" in pushed
+    assert secret not in result.stdout + result.stderr and "hub: pushed" in result.stdout
+    for name, content in pushed.items():
+        assert secret.encode() not in content, name
+    run_files = [path for path in (tmp_path / "run").rglob("*") if path.is_file()]
+    assert any(path.name == "metrics.jsonl" for path in run_files)
+    for path in run_files:
+        assert secret.encode() not in path.read_bytes(), path

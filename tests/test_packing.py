@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from sslnlp.corpus import load_corpus
-from sslnlp.packing import BlockStream, PackedBlocks
+from sslnlp.masking import MaskedLanguageModelingCollator
+from sslnlp.packing import BlockLayout, BlockStream, PackedBlocks
 
 
 def token_stream(tokenizer, documents, separator):
@@ -30,7 +31,8 @@ def contents(blocks, prefix_length, suffix_length, attention=None):
 @pytest.mark.parametrize("objective", ["mlm", "clm"])
 def test_packing_loses_and_duplicates_nothing(documents, wordpiece_tokenizer, bpe_tokenizer, objective):
     tokenizer = wordpiece_tokenizer if objective == "mlm" else bpe_tokenizer
-    dataset = PackedBlocks(load_corpus(documents), tokenizer, 48, objective=objective, repeat=False, documents_per_batch=7)
+    layout = BlockLayout.encoder(tokenizer) if objective == "mlm" else BlockLayout.decoder(tokenizer)
+    dataset = PackedBlocks(load_corpus(documents), tokenizer, 48, layout=layout, repeat=False, documents_per_batch=7)
     chunks = list(dataset.iter_shard(0))
     blocks = np.concatenate([c["input_ids"] for c in chunks])
     assert blocks.shape[1] == 48
@@ -49,7 +51,7 @@ def test_packing_loses_and_duplicates_nothing(documents, wordpiece_tokenizer, bp
 
 def test_long_documents_are_split_not_truncated(wordpiece_tokenizer):
     long_document = " ".join(["the quiet student remembers an unbelievable story"] * 60)
-    dataset = PackedBlocks(load_corpus([long_document]), wordpiece_tokenizer, 32, repeat=False)
+    dataset = PackedBlocks(load_corpus([long_document]), wordpiece_tokenizer, 32, layout=BlockLayout.encoder(wordpiece_tokenizer), repeat=False)
     blocks = np.concatenate([c["input_ids"] for c in dataset.iter_shard(0)])
     assert len(blocks) > 10
     expected = wordpiece_tokenizer(long_document, add_special_tokens=False)["input_ids"]
@@ -58,7 +60,8 @@ def test_long_documents_are_split_not_truncated(wordpiece_tokenizer):
 
 def test_word_starts_survive_packing(documents, wordpiece_tokenizer):
     rare = ["The xylophonist quizzically rebuilt unbelievably complicated windowsills."] * 3  # words split into pieces
-    dataset = PackedBlocks(load_corpus(rare + documents), wordpiece_tokenizer, 40, with_word_starts=True, repeat=False)
+    dataset = PackedBlocks(load_corpus(rare + documents), wordpiece_tokenizer, 40, layout=BlockLayout.encoder(wordpiece_tokenizer, word_starts=True),
+                           repeat=False)
     chunk = next(dataset.iter_shard(0))
     tokens = [wordpiece_tokenizer.convert_ids_to_tokens(row.tolist()) for row in chunk["input_ids"]]
     for row_tokens, row_starts in zip(tokens, chunk["word_starts"]):
@@ -88,7 +91,7 @@ def test_two_ranks_two_workers_are_disjoint_and_complete(documents, bpe_tokenize
     corpus = load_corpus(unique)
     seen = []
     for rank in range(2):
-        dataset = PackedBlocks(corpus, bpe_tokenizer, 64, objective="clm", rank=rank, world_size=2, num_workers=2,
+        dataset = PackedBlocks(corpus, bpe_tokenizer, 64, layout=BlockLayout.decoder(bpe_tokenizer), rank=rank, world_size=2, num_workers=2,
                                repeat=False, documents_per_batch=3)
         stream = BlockStream(dataset, batch_size=4, num_workers=2)
         shards = {}
@@ -109,13 +112,11 @@ def test_two_ranks_two_workers_are_disjoint_and_complete(documents, bpe_tokenize
 
 @pytest.mark.parametrize("num_workers,shuffle_documents", [(0, False), (2, False), (0, True)])
 def test_stream_resumes_exactly(documents, wordpiece_tokenizer, num_workers, shuffle_documents):
-    from sslnlp.masking import build_collator
-
     def make():
         corpus = load_corpus(documents, shuffle_documents=shuffle_documents, seed=2)
-        dataset = PackedBlocks(corpus, wordpiece_tokenizer, 32, num_workers=num_workers,
-                               documents_per_batch=5, with_word_starts=True)
-        collator = build_collator(wordpiece_tokenizer, "mlm", {"masking": "whole_word"}, seed=3)
+        dataset = PackedBlocks(corpus, wordpiece_tokenizer, 32, layout=BlockLayout.encoder(wordpiece_tokenizer, word_starts=True),
+                               num_workers=num_workers, documents_per_batch=5)
+        collator = MaskedLanguageModelingCollator.from_tokenizer(wordpiece_tokenizer, masking="whole_word", seed=3)
         return BlockStream(dataset, batch_size=8, collate=collator, num_workers=num_workers, shuffle_buffer_size=50, seed=1), collator
 
     # 3 epochs' worth of the small corpus, so the resume crosses epoch boundaries
@@ -140,7 +141,7 @@ def test_resume_does_not_reread_consumed_documents(tmp_path, documents, wordpiec
     path.write_text("".join(json.dumps({"text": t}) + "\n" for t in documents))
 
     def make():
-        return BlockStream(PackedBlocks(load_corpus(str(path)), wordpiece_tokenizer, 32, documents_per_batch=10), batch_size=4)
+        return BlockStream(PackedBlocks(load_corpus(str(path)), wordpiece_tokenizer, 32, layout=BlockLayout.encoder(wordpiece_tokenizer), documents_per_batch=10), batch_size=4)
 
     stream = make()
     uninterrupted = list(itertools.islice(stream, 60))
@@ -160,19 +161,18 @@ def test_resume_does_not_reread_consumed_documents(tmp_path, documents, wordpiec
 
 
 def test_mismatched_shard_count_is_refused(documents, wordpiece_tokenizer):
-    stream = BlockStream(PackedBlocks(load_corpus(documents), wordpiece_tokenizer, 32), batch_size=4)
+    stream = BlockStream(PackedBlocks(load_corpus(documents), wordpiece_tokenizer, 32, layout=BlockLayout.encoder(wordpiece_tokenizer)), batch_size=4)
     next(iter(stream))
-    other = BlockStream(PackedBlocks(load_corpus(documents), wordpiece_tokenizer, 32, world_size=2), batch_size=4)
+    other = BlockStream(PackedBlocks(load_corpus(documents), wordpiece_tokenizer, 32, layout=BlockLayout.encoder(wordpiece_tokenizer), world_size=2), batch_size=4)
     with pytest.raises(ValueError, match="same number of processes"):
         other.load_state_dict(stream.state_dict())
 
 
 @pytest.mark.parametrize("seed", range(4))
 def test_padded_final_block_keeps_its_mask_in_any_batch_position(documents, wordpiece_tokenizer, seed):
-    from sslnlp.masking import build_collator
-
-    dataset = PackedBlocks(load_corpus(documents[:57]), wordpiece_tokenizer, 32, repeat=False)
-    stream = BlockStream(dataset, batch_size=4, collate=build_collator(wordpiece_tokenizer, "mlm"),
+    dataset = PackedBlocks(load_corpus(documents[:57]), wordpiece_tokenizer, 32, layout=BlockLayout.encoder(wordpiece_tokenizer),
+                           repeat=False)
+    stream = BlockStream(dataset, batch_size=4, collate=MaskedLanguageModelingCollator.from_tokenizer(wordpiece_tokenizer),
                          shuffle_buffer_size=16, seed=seed)
     batches = list(stream)
     padded = [b for b in batches if "attention_mask" in b]
@@ -184,9 +184,30 @@ def test_padded_final_block_keeps_its_mask_in_any_batch_position(documents, word
 
 def test_each_epoch_of_a_shuffled_corpus_has_its_own_order(documents, wordpiece_tokenizer):
     corpus = load_corpus(documents[:20], shuffle_documents=True, seed=1)
-    dataset = PackedBlocks(corpus, wordpiece_tokenizer, 32, documents_per_batch=20)  # one chunk: one epoch
+    dataset = PackedBlocks(corpus, wordpiece_tokenizer, 32, layout=BlockLayout.encoder(wordpiece_tokenizer), documents_per_batch=20)  # one chunk: one epoch
     first, second = itertools.islice(dataset.iter_shard(0), 2)
     assert first["state"]["position"] == {"epoch": 0, "index": 20}
     assert second["state"]["position"] == {"epoch": 1, "index": 20}
     orders = [[documents[:20].index(t) for t, _ in corpus.iter_documents(corpus.epoch_start(e))] for e in (0, 1)]
     assert orders[0] != orders[1] and sorted(orders[0]) == sorted(orders[1]) == list(range(20))
+
+
+def test_packing_ignores_truncation_and_padding_set_on_the_tokenizer(documents, wordpiece_tokenizer):
+    """A Hub tokenizer.json often enables truncation, and calling a tokenizer with truncation=True switches it on in
+    the shared backend: packing must still see every token."""
+    import copy
+
+    tokenizer = copy.deepcopy(wordpiece_tokenizer)
+    long_document = " ".join(documents[:40])
+    tokenizer(long_document, truncation=True, max_length=16, padding="max_length")  # leaves truncation on
+    assert tokenizer.backend_tokenizer.truncation is not None
+    layout = BlockLayout.encoder(tokenizer)
+    blocks = np.concatenate([c["input_ids"] for c in
+                             PackedBlocks(load_corpus([long_document]), tokenizer, 32, layout=layout, repeat=False).iter_shard(0)])
+    expected = tokenizer.backend_tokenizer
+    expected.no_truncation()
+    expected.no_padding()
+    ids = expected.encode(long_document, add_special_tokens=False).ids
+    assert len(ids) > 200
+    content = [int(t) for t in blocks.flatten() if int(t) not in tokenizer.all_special_ids]
+    assert content == ids

@@ -56,7 +56,7 @@ def test_clm_loss_falls_and_generates(corpus_file, bpe_dir, tmp_path):
 
 @pytest.mark.parametrize("objective,masking", [("mlm", "whole_word"), ("mlm", "span")])
 def test_masking_variants_train(corpus_file, wordpiece_dir, tmp_path, objective, masking):
-    run(corpus_file, tmp_path / masking, wordpiece_dir, steps=15, **{"masking.masking": masking})
+    run(corpus_file, tmp_path / masking, wordpiece_dir, steps=15, **{"objective.masking": masking})
     curve = losses(tmp_path / masking)
     assert curve[-1] < curve[0]
 
@@ -110,8 +110,10 @@ def test_bad_configs_are_rejected_before_work(tmp_path, wordpiece_dir, corpus_fi
         load_config(PretrainConfig, None, ["training.max_steps=ten"])
     with pytest.raises(ConfigError, match="no training budget"):
         load_config(PretrainConfig, None, ["training.max_steps=0"]).check()
-    with pytest.raises(ConfigError, match="masking.masking='whole_word' applies to objective 'mlm' only"):
-        load_config(PretrainConfig, None, ["masking.objective=clm", "masking.masking=whole_word", "max_steps=1"]).check()
+    with pytest.raises(ConfigError, match="objective.masking is not an option of objective 'clm'"):
+        load_config(PretrainConfig, None, ["objective.name=clm", "objective.masking=whole_word", "max_steps=1"]).check()
+    with pytest.raises(ConfigError, match="objective.masking='words' is not valid; choose one of token, whole_word, span"):
+        load_config(PretrainConfig, None, ["objective.masking=words", "max_steps=1"]).check()
     with pytest.raises(ModelError, match="model type 'gpt2' has no masked-LM"):
         run(corpus_file, tmp_path / "x", wordpiece_dir, **{"model.model_type": "gpt2", "model.config_overrides": "{}"})
     with pytest.raises(ModelError, match="data.max_seq_length=128 exceeds the model's 64 positions"):
@@ -171,3 +173,15 @@ def test_no_weight_decay_on_biases_and_norms():
     assert all(p.ndim == 2 for p in decay["params"])
     assert all(n.endswith("bias") or "LayerNorm" in n for n in (names[id(p)] for p in no_decay["params"]))
     assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.01
+
+
+def test_old_masking_section_still_loads_and_says_what_to_rename(tmp_path, caplog):
+    recipe = tmp_path / "old.yaml"
+    recipe.write_text("masking:\n  objective: mlm\n  mlm_probability: 0.4\n  masking: whole_word\ntraining:\n  max_steps: 5\n")
+    with caplog.at_level("WARNING"):
+        config = load_config(PretrainConfig, recipe)
+    assert (config.objective.name, config.objective.mlm_probability, config.objective.masking) == ("mlm", 0.4, "whole_word")
+    assert "rename masking.objective -> objective.name" in caplog.text and "masking.masking -> objective.masking" in caplog.text
+    # an old next-token recipe: its objective moves, the MLM-only defaults it carried are dropped
+    config = load_config(PretrainConfig, None, ["masking.objective=clm", "masking.mlm_probability=0.15", "max_steps=1"])
+    assert config.objective.name == "clm" and not hasattr(config.objective, "mlm_probability")

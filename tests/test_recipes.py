@@ -15,6 +15,7 @@ import yaml
 
 from sslnlp.config import PretrainConfig, load_config
 from sslnlp.modeling import build_model_config, usable_positions
+from sslnlp.objectives import build_objective
 from sslnlp.tokenizer import round_up_vocab_size, special_tokens_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,9 +31,9 @@ class StandInTokenizer:
     a corpus of realistic size); the ids are the ones ``train_tokenizer`` assigns (special tokens first, in order).
     """
 
-    def __init__(self, kind: str, objective: str, vocab_size: int):
+    def __init__(self, kind: str, encoder: bool, vocab_size: int):
         self.size = round_up_vocab_size(vocab_size, 64)
-        special_tokens = special_tokens_for(kind, objective)
+        special_tokens = special_tokens_for(kind, encoder)
         token_ids = {token: index for index, token in enumerate(dict.fromkeys(special_tokens.values()))}
         for name in ("pad_token", "bos_token", "eos_token", "sep_token", "cls_token", "mask_token", "unk_token"):
             token = special_tokens.get(name)
@@ -49,8 +50,11 @@ def load_recipe(path: Path) -> PretrainConfig:
 
 
 def model_config_of(config: PretrainConfig):
-    tokenizer = StandInTokenizer(config.tokenizer.kind, config.masking.objective, config.tokenizer.vocab_size)
-    return build_model_config(config.model, tokenizer, config.masking.objective, config.data.max_seq_length), tokenizer
+    objective = build_objective(config.objective, config.model)
+    tokenizer = StandInTokenizer(config.tokenizer.kind, objective.encoder, config.tokenizer.vocab_size)
+    model_config = build_model_config(config.model, tokenizer, config.data.max_seq_length)
+    objective.check_model_config(model_config)
+    return model_config, tokenizer
 
 
 def test_there_are_recipes_and_launch_configs():
@@ -126,11 +130,11 @@ def test_paper_recipe_keeps_the_paper_settings(name):
         if key in expected:
             assert getattr(training, key) == pytest.approx(expected[key]), key
     if "mlm_probability" in expected:
-        assert config.masking.objective == "mlm"
-        assert config.masking.mlm_probability == pytest.approx(expected["mlm_probability"])
-        assert (config.masking.mask_replace_probability, config.masking.random_replace_probability) == (0.8, 0.1)
+        assert config.objective.name == "mlm"
+        assert config.objective.mlm_probability == pytest.approx(expected["mlm_probability"])
+        assert (config.objective.mask_replace_probability, config.objective.random_replace_probability) == (0.8, 0.1)
     else:
-        assert config.masking.objective == "clm"
+        assert config.objective.name == "clm"
     model_config, _ = model_config_of(config)
     assert model_config.vocab_size == expected["vocab_size"]
     for key, value in expected["model"].items():

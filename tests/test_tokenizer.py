@@ -57,10 +57,10 @@ def recorded_trainer_vocab_sizes(monkeypatch):
     return recorded_sizes
 
 
-@pytest.mark.parametrize("objective", ["mlm", "clm"])
+@pytest.mark.parametrize("encoder", [True, False])
 @pytest.mark.parametrize("kind", TOKENIZER_KINDS)
-def test_trained_tokenizer_reloads_as_fast_tokenizer(kind, objective, tmp_path, recorded_trainer_vocab_sizes):
-    trained_tokenizer = train_tokenizer(make_fixture_corpus(), tmp_path, kind=kind, objective=objective,
+def test_trained_tokenizer_reloads_as_fast_tokenizer(kind, encoder, tmp_path, recorded_trainer_vocab_sizes):
+    trained_tokenizer = train_tokenizer(make_fixture_corpus(), tmp_path, kind=kind, encoder=encoder,
                                         vocab_size=REQUESTED_VOCAB_SIZE, min_frequency=2)
     reloaded_tokenizer = AutoTokenizer.from_pretrained(tmp_path)
 
@@ -69,16 +69,16 @@ def test_trained_tokenizer_reloads_as_fast_tokenizer(kind, objective, tmp_path, 
     # A tiny corpus may not fill the target, but it must never exceed it.
     assert len(trained_tokenizer) == len(reloaded_tokenizer) <= ROUNDED_VOCAB_SIZE
 
-    expected_special_tokens = special_tokens_for(kind, objective)
+    expected_special_tokens = special_tokens_for(kind, encoder)
     for attribute_name, token in expected_special_tokens.items():
         assert getattr(reloaded_tokenizer, attribute_name) == token
     expected_ids = {token: token_id for token, token_id in EXPECTED_SPECIAL_TOKEN_IDS[kind].items()
                     if token in expected_special_tokens.values()}
     assert {token: reloaded_tokenizer.convert_tokens_to_ids(token) for token in expected_ids} == expected_ids
-    assert reloaded_tokenizer.mask_token is None or objective == "mlm" or kind == "wordpiece"
+    assert reloaded_tokenizer.mask_token is None or encoder or kind == "wordpiece"
 
     input_ids = reloaded_tokenizer("a sleepy dog watched the tiny hedgehog.").input_ids
-    adds_special_tokens = objective == "mlm" or kind == "wordpiece"
+    adds_special_tokens = encoder or kind == "wordpiece"
     if adds_special_tokens:
         assert input_ids[0] == reloaded_tokenizer.cls_token_id == reloaded_tokenizer.bos_token_id
         assert input_ids[-1] == reloaded_tokenizer.sep_token_id == reloaded_tokenizer.eos_token_id
@@ -157,8 +157,6 @@ def test_max_documents_stops_reading_the_stream(tmp_path):
 
 
 def test_invalid_arguments_are_rejected():
-    with pytest.raises(ValueError, match="mlm, clm"):
-        special_tokens_for("wordpiece", "seq2seq")
     with pytest.raises(ValueError, match="wordpiece, bpe, unigram"):
         train_tokenizer(make_fixture_corpus(), kind="sentencepiece")
     with pytest.raises(ValueError, match="byte-level BPE needs vocab_size >= 261"):
@@ -190,7 +188,7 @@ def test_tokenizer_command_trains_from_files(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     add_tokenizer_arguments(parser)
     output_dir = tmp_path / "tokenizer"
-    args = parser.parse_args([str(corpus_file), "--output-dir", str(output_dir), "--kind", "bpe", "--objective", "clm",
+    args = parser.parse_args([str(corpus_file), "--output-dir", str(output_dir), "--kind", "bpe", "--decoder",
                               "--vocab-size", str(REQUESTED_VOCAB_SIZE), "--max-documents", "40"])
 
     run_tokenizer_command(args)

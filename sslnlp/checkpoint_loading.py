@@ -1,0 +1,83 @@
+"""What the linear probe (probing.py) and fine-tuning (finetuning.py) both load: the command's EvaluateConfig, the
+checkpoint's transformers config and tokenizer, a random-weight twin of its architecture (the floor), the
+checkpoint's identity (cached features follow retraining) and the Accelerator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from sslnlp.config import EvaluateConfig, load_config
+
+
+def load_command_config(args: argparse.Namespace) -> EvaluateConfig:
+    """The EvaluateConfig of `sslnlp probe|finetune [RECIPE] key=value ...` (args: ``recipe`` and ``overrides``)."""
+    recipe, overrides = args.recipe, list(args.overrides)
+    if recipe is not None and "=" in recipe and not recipe.endswith((".yaml", ".yml")):
+        recipe, overrides = None, [recipe] + overrides  # no recipe, only overrides
+    return load_config(EvaluateConfig, recipe, overrides)
+
+
+def make_evaluation_accelerator(mixed_precision: str | None = None):
+    """The shared Accelerator factory (resets a different precision left by an earlier run in this process)."""
+    from sslnlp.runtime import make_accelerator
+
+    return make_accelerator(mixed_precision=mixed_precision)
+
+
+class QuietLoading:
+    """Silences transformers' load report while a checkpoint loads into another head: the MLM head's weights are
+    unused and the classifier's are new, by design; one line of ours says so instead."""
+
+    def __enter__(self):
+        import transformers
+
+        self.verbosity = transformers.logging.get_verbosity()
+        transformers.logging.set_verbosity_error()
+
+    def __exit__(self, *exc):
+        import transformers
+
+        transformers.logging.set_verbosity(self.verbosity)
+
+
+def load_model_config(config: EvaluateConfig):
+    """The checkpoint's transformers config; a one-line ModelError when ``model_name_or_path`` is not a model."""
+    from transformers import AutoConfig
+
+    from sslnlp.modeling import ModelError
+
+    try:
+        return AutoConfig.from_pretrained(config.model_name_or_path, trust_remote_code=config.trust_remote_code)
+    except Exception as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise ModelError(f"model_name_or_path={config.model_name_or_path!r} is not a loadable model ({reason}); give a "
+                         "directory with config.json (e.g. runs/tiny-cpu after `sslnlp pretrain recipes/tiny-cpu.yaml`) "
+                         "or a Hub name (needs network)") from None
+
+
+def load_checkpoint_tokenizer(config: EvaluateConfig):
+    """``tokenizer_name_or_path``'s tokenizer, else the checkpoint's own."""
+    from sslnlp.tokenizer import load_tokenizer
+
+    return load_tokenizer(config.tokenizer_name_or_path or config.model_name_or_path,
+                          trust_remote_code=config.trust_remote_code)
+
+
+def checkpoint_identity(config: EvaluateConfig) -> str:
+    """The checkpoint's name plus the size and time of its weight files: cached features follow retraining."""
+    path = Path(config.model_name_or_path).expanduser()
+    if not path.is_dir():
+        return config.model_name_or_path
+    files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".json"))
+    return json.dumps([str(path.resolve())] + [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files])
+
+
+def random_twin(model_config, seed: int, auto_class):
+    """The same architecture with random weights, drawn from ``seed``."""
+    from accelerate.utils import set_seed
+
+    set_seed(seed)
+    return auto_class.from_config(model_config)

@@ -1,0 +1,235 @@
+"""Fine-tune a checkpoint on labelled tasks, next to the same architecture with random weights (the floor).
+
+    sslnlp finetune recipes/evaluate/probe-wordnet.yaml finetune.seeds=[0]  # CPU: minutes
+    ACCELERATE_USE_CPU=1 accelerate launch --config_file recipes/accelerate/cpu-2proc.yaml --multi_gpu \
+        -m sslnlp finetune recipes/evaluate/probe-wordnet.yaml
+
+AutoModelForSequenceClassification from the checkpoint, one fixed protocol for every task (AdamW, linear warmup and
+decay, a few epochs; Cramming's "GLUE-sane" spirit: no per-task search), several seeds, median and min-max reported;
+the first seed's model is saved in Hugging Face format under OUTPUT_DIR/<task>.
+
+Writes OUTPUT_DIR/results.json and results.md (results.py) and finetune_metrics.jsonl (validation after each epoch);
+a probe run (probing.py) into the same output_dir fills the same table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from sslnlp.checkpoint_loading import (
+    QuietLoading,
+    load_checkpoint_tokenizer,
+    load_command_config,
+    load_model_config,
+    make_evaluation_accelerator,
+)
+from sslnlp.config import EvaluateConfig, FinetuneOptions
+from sslnlp.features import model_columns, pad_batch, pad_token_id_of, tokenized_splits
+from sslnlp.metrics import compute_metrics
+from sslnlp.results import record_results
+from sslnlp.tasks import LabelledTask, load_task
+
+# ------------------------------------------------------------------------------------------------------- one run
+
+
+def classifier_config(model_config, task: LabelledTask, options: FinetuneOptions, tokenizer):
+    """A copy of the checkpoint's transformers config with the task's head: labels, problem type, dropout, padding."""
+    regression = task.problem_type == "regression"
+    head_config = copy.deepcopy(model_config)
+    head_config.num_labels = task.num_labels
+    head_config.problem_type = "regression" if regression else "single_label_classification"
+    if not regression:
+        head_config.id2label = dict(enumerate(task.label_names))
+        head_config.label2id = {name: i for i, name in enumerate(task.label_names)}
+    if options.classifier_dropout is not None:
+        head_config.classifier_dropout = options.classifier_dropout
+    if getattr(head_config, "pad_token_id", None) is None:
+        head_config.pad_token_id = pad_token_id_of(tokenizer)
+    return head_config
+
+
+def load_classifier(config: EvaluateConfig, head_config, seed: int, random_weights: bool):
+    """The checkpoint under a new classification head, or (``random_weights``) the architecture with random weights;
+    ``seed`` is set first (the head's initialisation, then dropout)."""
+    from accelerate.utils import set_seed
+    from transformers import AutoModelForSequenceClassification
+
+    set_seed(seed)
+    if random_weights:
+        return AutoModelForSequenceClassification.from_config(head_config, trust_remote_code=config.trust_remote_code)
+    with QuietLoading():  # the classification head is new (and any LM head unused): expected
+        return AutoModelForSequenceClassification.from_pretrained(
+            config.model_name_or_path, config=head_config, ignore_mismatched_sizes=True,
+            trust_remote_code=config.trust_remote_code)
+
+
+def split_loader(columns: dict[str, list], head_config, options: FinetuneOptions, shuffle: bool, seed: int,
+                 pad_token_id: int, regression: bool) -> torch.utils.data.DataLoader:
+    """Labelled batches of one tokenized split: shuffled from ``seed`` (training) or length-sorted (evaluation)."""
+    split_columns = model_columns(columns, head_config)
+    indices = list(range(len(split_columns["input_ids"])))
+    if not shuffle:  # evaluation: length-sorted batches pad little; gather_for_metrics keeps the pairs aligned
+        indices.sort(key=lambda i: len(split_columns["input_ids"][i]))
+    return torch.utils.data.DataLoader(
+        indices, batch_size=options.per_device_train_batch_size if shuffle else options.per_device_eval_batch_size,
+        shuffle=shuffle, generator=torch.Generator().manual_seed(seed) if shuffle else None,
+        collate_fn=lambda rows: pad_batch(split_columns, rows, pad_token_id, with_labels=True, regression=regression))
+
+
+@torch.no_grad()
+def predict(model, loader, accelerator, regression: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predictions [N], labels [N]) over a prepared loader, gathered from every process (duplicates dropped)."""
+    model.eval()
+    predictions, labels = [], []
+    for batch in loader:
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits  # [B, C]
+        predicted = logits.squeeze(-1).float() if regression else logits.argmax(-1)
+        predicted, gold = accelerator.gather_for_metrics((predicted, batch["labels"]))
+        predictions.append(predicted.cpu())
+        labels.append(gold.cpu())
+    model.train()
+    return torch.cat(predictions), torch.cat(labels)
+
+
+def finetune_once(task: LabelledTask, tokenizer, config: EvaluateConfig, model_config, seed: int, accelerator,
+                  random_weights: bool = False, save_dir: Path | None = None, metrics_log=None) -> dict:
+    """One fine-tuning run: train on ``task.train`` for the protocol's epochs, validate each epoch, score test.
+
+    Args:
+        task, tokenizer: the loaded task and the checkpoint's tokenizer.
+        config: the EvaluateConfig (its ``finetune`` section is the protocol).
+        model_config: the checkpoint's transformers config (the head's settings are added here).
+        seed: seed of the head, dropout and data order (and of the weights when ``random_weights``).
+        random_weights: start from random weights (the floor) instead of the checkpoint.
+        save_dir: save the final model and tokenizer there (Hugging Face format).
+        metrics_log: a MetricsLog for per-epoch validation records.
+    Returns:
+        ``{"seed", "validation": [per epoch {metric: value}], "test": {metric: value}, "steps", "seconds"}``.
+    """
+    from sslnlp.checkpoint import export_model
+    from sslnlp.modeling import usable_positions
+    from sslnlp.runtime import learning_rate_multiplier, parameter_groups
+
+    options: FinetuneOptions = config.finetune
+    start = time.perf_counter()
+    regression = task.problem_type == "regression"
+    head_config = classifier_config(model_config, task, options, tokenizer)
+    model = load_classifier(config, head_config, seed, random_weights)
+
+    length = task.max_seq_length or config.max_seq_length
+    positions = usable_positions(head_config)
+    columns = tokenized_splits(task, tokenizer, min(length, positions) if positions else length)
+    pad_id = pad_token_id_of(tokenizer)
+
+    def loader(split: str, shuffle: bool):
+        return split_loader(columns[split], head_config, options, shuffle, seed, pad_id, regression)
+
+    optimizer = torch.optim.AdamW(parameter_groups(model, options.weight_decay), lr=options.learning_rate)
+    model, optimizer, train_loader, validation_loader, test_loader = accelerator.prepare(
+        model, optimizer, loader("train", True), loader("validation", False), loader("test", False))
+    total_steps = max(1, math.ceil(options.num_train_epochs * len(train_loader)))
+    step, epoch, history = 0, 0, []
+    model.train()
+    while step < total_steps:
+        epoch += 1
+        losses = []
+        for batch in train_loader:
+            if step >= total_steps:
+                break
+            learning_rate = options.learning_rate * learning_rate_multiplier(step / total_steps, "linear",
+                                                                             options.warmup_ratio, 0.0, 0.0)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate
+            loss = model(**batch).loss
+            accelerator.backward(loss)
+            if options.max_grad_norm:
+                accelerator.clip_grad_norm_(model.parameters(), options.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.detach())
+            step += 1
+        validation = compute_metrics(task.metrics, *predict(model, validation_loader, accelerator, regression))
+        train_loss = accelerator.reduce(torch.stack(losses).mean(), "mean").item() if losses else float("nan")
+        history.append({"epoch": epoch, "step": step, "train_loss": train_loss, **validation})
+        if metrics_log is not None:
+            metrics_log.write({"task": task.name, "seed": seed, "random_weights": random_weights, **history[-1]})
+    test = compute_metrics(task.metrics, *predict(model, test_loader, accelerator, regression))
+    if save_dir is not None:
+        export_model(accelerator, model, tokenizer, save_dir)
+    del model, optimizer
+    accelerator.free_memory()  # drops the accelerator's references too: the next run starts clean
+    return {"seed": seed, "validation": history, "test": test, "steps": step, "seconds": time.perf_counter() - start}
+
+
+# ---------------------------------------------------------------------------------------------------- every task
+
+
+def summarize_seeds(runs: list[dict], metrics: list[str]) -> dict:
+    """Median, min and max over seeds of each test metric, plus the per-seed values and validation curves."""
+    summary = {"median": {}, "min": {}, "max": {}, "seeds": [run["seed"] for run in runs],
+               "runs": [run["test"] for run in runs], "validation_history": [run["validation"] for run in runs]}
+    for metric in metrics:
+        values = [run["test"][metric] for run in runs]
+        summary["median"][metric] = statistics.median(values)
+        summary["min"][metric], summary["max"][metric] = min(values), max(values)
+    summary["seconds"] = sum(run["seconds"] for run in runs)
+    return summary
+
+
+def finetune(config: EvaluateConfig) -> dict:
+    """Fine-tune the checkpoint (and random-weight twins) on every task, once per seed; write and return results.
+
+    Args:
+        config: an EvaluateConfig (``FinetuneConfig``): model_name_or_path, tasks, the ``finetune`` section.
+
+    Returns:
+        the results dict also written to OUTPUT_DIR/results.json.
+    """
+    from sslnlp.runtime import MetricsLog
+
+    config.check()
+    task_configs = config.task_configs()
+    options = config.finetune
+    accelerator = make_evaluation_accelerator(options.mixed_precision)
+    output_dir = Path(config.output_dir)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    model_config = load_model_config(config)
+    tokenizer = load_checkpoint_tokenizer(config)
+    metrics_log = MetricsLog(accelerator, output_dir / "finetune_metrics.jsonl", trackers=False)
+    rows = {}
+    for task_config in task_configs:
+        task = load_task(task_config)
+        accelerator.print(f"finetune {task.name}: {len(task.train)} train / {len(task.validation)} validation / "
+                          f"{len(task.test)} {task.report_split} examples, seeds {options.seeds}")
+        row = {"metrics": task.metrics, "split": task.report_split, "problem_type": task.problem_type,
+               "fingerprint": task.fingerprint()}
+        for key, random_weights in (("finetune", False), ("random_finetune", True)):
+            if random_weights and not config.random_baseline:
+                continue
+            runs = []
+            for index, seed in enumerate(options.seeds):
+                save = output_dir / task.name if options.save_model and index == 0 and not random_weights else None
+                runs.append(finetune_once(task, tokenizer, config, model_config, seed, accelerator, random_weights,
+                                          save, metrics_log))
+                metric = task.metrics[0]
+                accelerator.print(f"  {'random weights' if random_weights else 'pretrained'} seed {seed}: {metric} "
+                                  f"{runs[-1]['test'][metric]:.4f} on {task.report_split} ({runs[-1]['seconds']:.1f} s)")
+            row[key] = {**summarize_seeds(runs, task.metrics), "world_size": accelerator.num_processes,
+                        "mixed_precision": accelerator.mixed_precision}
+            if key == "finetune" and options.save_model:
+                row[key]["model_dir"] = str(output_dir / task.name)
+        rows[task.name] = row
+    return record_results(config, accelerator, rows)
+
+
+def run_finetune_command(args: argparse.Namespace) -> None:
+    """`sslnlp finetune [RECIPE] key=value ...` (args: ``recipe`` and ``overrides``, as `sslnlp pretrain`)."""
+    finetune(load_command_config(args))

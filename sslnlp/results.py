@@ -1,0 +1,97 @@
+"""The results table of a checkpoint: OUTPUT_DIR/results.json (merged across probe and fine-tune runs into the same
+output_dir) and results.md, one row per task and metric: probe | random-weights probe | fine-tune median (min-max) |
+random-weights fine-tune, scores x 100.
+
+It sits below probing.py, finetuning.py, train.py and the model card (card.py renders the same table) and imports
+none of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from sslnlp.config import EvaluateConfig, to_dict
+
+RESULT_KEYS = ("probe", "random_probe", "finetune", "random_finetune")
+
+
+def update_results(output_dir: str | Path, model_name_or_path: str, rows: dict) -> dict:
+    """Merge this run's rows into OUTPUT_DIR/results.json (a probe and a fine-tune run fill one table); return it.
+
+    A results.json written for another checkpoint is replaced, not merged.
+    """
+    path = Path(output_dir) / "results.json"
+    results = {"model_name_or_path": model_name_or_path, "tasks": {}}
+    if path.is_file():
+        try:
+            previous = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            previous = {}
+        if previous.get("model_name_or_path") == model_name_or_path:
+            results = previous
+    for name, row in rows.items():
+        merged = results["tasks"].get(name, {})
+        if merged.get("fingerprint") != row["fingerprint"]:
+            merged = {}  # the task's data changed: its old numbers do not belong next to the new ones
+        merged.update(row)
+        results["tasks"][name] = merged
+    return results
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
+def results_markdown(results: dict, references: dict | None = None) -> str:
+    """The results table: one row per task and metric, each score next to its random-weight floor.
+
+    Args:
+        results: the dict of ``update_results``.
+        references: optional ``{task: {label: score}}`` printed under the table (known baselines).
+    """
+    lines = [f"Results for `{results['model_name_or_path']}` (scores x 100; fine-tune: median of seeds, (min-max))",
+             "", "| task | metric | split | probe | random-weights probe | fine-tune median (min-max) | "
+                 "random-weights fine-tune |", "|---|---|---|---:|---:|---:|---:|"]
+    for name, row in results["tasks"].items():
+        for metric in row["metrics"]:
+            cells = []
+            for key in ("probe", "random_probe"):
+                layer = f" (layer {row[key]['layer']})" if key in row and "layer" in row[key] else ""
+                cells.append(_percent(row[key]["test"][metric]) + layer if key in row else "–")
+            if "finetune" in row:
+                summary = row["finetune"]
+                cells.append(f"{_percent(summary['median'][metric])} ({_percent(summary['min'][metric])}-"
+                             f"{_percent(summary['max'][metric])})")
+            else:
+                cells.append("–")
+            cells.append(_percent(row["random_finetune"]["median"][metric]) if "random_finetune" in row else "–")
+            lines.append(f"| {name} | {metric} | {row['split']} | " + " | ".join(cells) + " |")
+    for task, known in (references or {}).items():
+        lines.append("")
+        lines.append(f"Known references for {task}: " + "; ".join(f"{label} {_percent(score)}"
+                                                                   for label, score in known.items()))
+    return "\n".join(lines) + "\n"
+
+
+def write_results(output_dir: str | Path, results: dict) -> None:
+    """Write results.json and results.md into ``output_dir`` (each replaced atomically)."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in (("results.json", json.dumps(results, indent=2)), ("results.md", results_markdown(results))):
+        temporary = output_dir / f".{name}.tmp"
+        temporary.write_text(text)
+        os.replace(temporary, output_dir / name)
+
+
+def record_results(config: EvaluateConfig, accelerator, rows: dict) -> dict:
+    """Merge a probe or fine-tune run's ``rows`` into the output_dir's results, write them (and the run's
+    evaluate_config.json) from the main process, print the table; return the merged results."""
+    results = update_results(config.output_dir, config.model_name_or_path, rows)
+    if accelerator.is_main_process:
+        write_results(config.output_dir, results)
+        (Path(config.output_dir) / "evaluate_config.json").write_text(json.dumps(to_dict(config), indent=2, default=str))
+    accelerator.wait_for_everyone()
+    accelerator.print(results_markdown(results))
+    return results
