@@ -99,8 +99,12 @@ def objective_config_class(name: str, key: str = "objective.name") -> type:
     return OBJECTIVE_CONFIGS[name]
 
 
+DEFAULT_OBJECTIVE = "mlm"
+
+
 def default_objective() -> ObjectiveConfig:
-    return objective_config_class("mlm")() if "mlm" in OBJECTIVE_CONFIGS else ObjectiveConfig()
+    """The default objective's config (registered when sslnlp.objectives is imported, as ``import sslnlp`` does)."""
+    return OBJECTIVE_CONFIGS.get(DEFAULT_OBJECTIVE, ObjectiveConfig)()
 
 
 @dataclass
