@@ -168,7 +168,8 @@ def flops_per_token(config, sequence_length: int, predicted_fraction: float = 1.
     gated = config.model_type in {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "modernbert", "olmo", "phi3"}
     mlp = 2 * 2 * hidden * intermediate * (1.5 if gated else 1.0)
     per_layer = 8 * hidden**2 + mlp + 4 * sequence_length * hidden
-    head = (2 * hidden * config.vocab_size + 2 * hidden**2) * predicted_fraction
+    embedding = getattr(config, "embedding_size", None) or hidden  # ELECTRA's head projects to the embedding size
+    head = (2 * embedding * config.vocab_size + 2 * hidden * embedding) * predicted_fraction
     return 3.0 * (layers * per_layer + head)
 
 

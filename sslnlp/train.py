@@ -261,14 +261,17 @@ def train_step(run: Run, batches, preemption: PreemptionFlag) -> dict:
     scales = {t: accelerator.num_processes / global_counts[t].clamp(min=1) for t in terms}
     weights = objective.weights()
     step_sums = {t: torch.zeros((), device=accelerator.device) for t in terms}
+    step_metrics: dict[str, list] = {}  # name -> [summed value, term]
     for index, batch in enumerate(micro_batches):
         sync = index == len(micro_batches) - 1
         with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-            output = objective.loss(model, batch)
+            output = objective.loss(model, batch, with_metrics=objective.train_metrics)
             total = sum(weights[t] * output.sums[t] * scales[t] for t in terms)
             accelerator.backward(total)
         for t in terms:
             step_sums[t] += output.sums[t].detach()
+        for name, (value, term) in output.metrics.items():
+            step_metrics.setdefault(name, [0, term])[0] += value.detach().double()
     # The gradient norm is the same on every rank after the all-reduce: all ranks skip (or not) together.
     gradient_norm = accelerator.clip_grad_norm_(model.parameters(), training.max_grad_norm or float("inf"))
     learning_rate = training.learning_rate * learning_rate_multiplier(
@@ -287,6 +290,7 @@ def train_step(run: Run, batches, preemption: PreemptionFlag) -> dict:
     if accelerator.device.type == "cuda":  # the step's kernels, not just their launches (a sync follows anyway)
         torch.cuda.synchronize(accelerator.device)
     return {"seconds": time.perf_counter() - step_start, "data_wait": data_wait, "finite": finite, "sums": step_sums,
+            "metrics": step_metrics,
             "counts": {t: int(global_counts[t].item()) for t in terms}, "tokens": step_tokens * accelerator.num_processes,
             "learning_rate": learning_rate, "preempted": bool(agreed[-1].item())}
 
@@ -320,6 +324,8 @@ def advance(run: Run, step: dict) -> None:
         for term, value in step["sums"].items():
             window.setdefault("sums", {})[term] = window.get("sums", {}).get(term, torch.zeros((), device=accelerator.device)) + value
             window.setdefault("counts", {})[term] = window.get("counts", {}).get(term, 0) + step["counts"][term]
+        for name, (value, term) in step["metrics"].items():
+            window.setdefault("metrics", {}).setdefault(name, [0, term])[0] += value
     for key, value in (("steps", 1), ("tokens", step["tokens"]), ("seconds", step["seconds"]), ("wait", step["data_wait"])):
         window[key] = window.get(key, 0) + value
 
@@ -340,6 +346,13 @@ def log_window(run: Run, learning_rate: float, progress_bar) -> None:
               "nonfinite_steps": run.loop.get("nonfinite_steps", 0)}
     if len(terms) > 1:
         record.update({f"{t}_loss": sums[t] / counts[t] if counts[t] else None for t in terms})
+    pending_metrics = window.get("metrics", {})
+    if pending_metrics:
+        names = sorted(pending_metrics)
+        values = accelerator.reduce(torch.stack([torch.as_tensor(pending_metrics[n][0], dtype=torch.float64,
+                                                                 device=accelerator.device) for n in names]), "sum")
+        record.update({n: v / counts[pending_metrics[n][1]] if counts[pending_metrics[n][1]] else None
+                       for n, v in zip(names, values.tolist())})
     run.metrics.write(record)
     run.last_logged = record
     progress_bar.set_postfix(loss=f"{record['loss']:.3f}" if record["loss"] is not None else "nan",
@@ -354,16 +367,20 @@ def evaluate(run: Run) -> dict:
     terms = list(objective.weights())
     model.eval()
     totals: dict[str, torch.Tensor] = {}
-    for batch in run.eval_batches:
-        batch = to_device(batch, accelerator.device)
-        output = objective.loss(model, batch, with_metrics=True)
-        for term, count in objective.count(batch).items():
-            totals[f"count/{term}"] = totals.get(f"count/{term}", 0) + torch.tensor(float(count), dtype=torch.float64,
-                                                                                 device=accelerator.device)
-        for term, value in output.sums.items():
-            totals[f"sum/{term}"] = totals.get(f"sum/{term}", 0) + value.double()
-        for name, (value, term) in output.metrics.items():
-            totals[f"metric/{name}/{term}"] = totals.get(f"metric/{name}/{term}", 0) + value.double()
+    # Objectives that draw at evaluation (ELECTRA's replacements) draw from the fixed evaluation seed, so runs
+    # compare, and the training's random state is left as it was, so a resumed run draws what the original did.
+    with torch.random.fork_rng(devices=[accelerator.device] if accelerator.device.type == "cuda" else []):
+        torch.manual_seed(run.config.evaluation.eval_seed + accelerator.process_index)
+        for batch in run.eval_batches:
+            batch = to_device(batch, accelerator.device)
+            output = objective.loss(model, batch, with_metrics=True)
+            for term, count in objective.count(batch).items():
+                totals[f"count/{term}"] = totals.get(f"count/{term}", 0) + torch.tensor(
+                    float(count), dtype=torch.float64, device=accelerator.device)
+            for term, value in output.sums.items():
+                totals[f"sum/{term}"] = totals.get(f"sum/{term}", 0) + value.double()
+            for name, (value, term) in output.metrics.items():
+                totals[f"metric/{name}/{term}"] = totals.get(f"metric/{name}/{term}", 0) + value.double()
     keys = sorted(totals)
     reduced = dict(zip(keys, accelerator.reduce(torch.stack([totals[k] for k in keys]), "sum").tolist()))
     model.train()

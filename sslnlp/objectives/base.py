@@ -52,6 +52,7 @@ class Objective:
     encoder: ClassVar[bool] = True
     pipeline_tag: ClassVar[str] = "feature-extraction"
     reports_perplexity: ClassVar[bool] = False
+    train_metrics: ClassVar[bool] = False  # compute ``metrics`` during training too and log them every window
 
     def __init__(self, config: ObjectiveConfig, model_options=None):
         self.config = config
