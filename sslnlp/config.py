@@ -245,7 +245,44 @@ class PretrainConfig:
                               f"{len(self.data.train_files)} data.train_files entries; give one weight per entry")
         if not 0 <= training.warmup_ratio < 1 or not 0 <= training.decay_ratio <= 1:
             raise ConfigError("training.warmup_ratio must be in [0, 1) and training.decay_ratio in [0, 1]")
+        check_ranges(self, NUMERIC_RANGES)
         self.hub.check()
+
+
+# Numeric settings checked before any work, so a mistake names its key (not the optimizer's or the tokenizer's own
+# message from deep inside): key -> (lowest, highest, lowest included, highest included).
+NUMERIC_RANGES = {
+    "training.learning_rate": (0, None, False, True), "training.weight_decay": (0, None, True, True),
+    "training.adam_beta1": (0, 1, True, False), "training.adam_beta2": (0, 1, True, False),
+    "training.adam_epsilon": (0, None, False, True), "training.max_grad_norm": (0, None, True, True),
+    "training.min_lr_ratio": (0, 1, True, True), "training.warmup_steps": (0, None, True, True),
+    "training.max_steps": (0, None, True, True), "training.max_tokens": (0, None, True, True),
+    "training.max_time": (0, None, True, True), "training.logging_steps": (1, None, True, True),
+    "training.save_steps": (0, None, True, True), "training.save_total_limit": (0, None, True, True),
+    "training.max_consecutive_nonfinite_steps": (1, None, True, True), "training.peak_flops": (0, None, True, True),
+    "data.shuffle_buffer_size": (0, None, True, True), "data.documents_per_batch": (1, None, True, True),
+    "data.num_workers": (0, None, True, True), "data.validation_holdout_every": (0, None, True, True),
+    "data.max_document_bytes": (1, None, True, True),
+    "tokenizer.vocab_size": (1, None, True, True), "tokenizer.min_frequency": (0, None, True, True),
+    "tokenizer.training_documents": (1, None, True, True), "model.pad_vocab_to_multiple_of": (1, None, True, True),
+    "evaluation.eval_steps": (0, None, True, True), "evaluation.eval_blocks": (1, None, True, True),
+    "evaluation.per_device_eval_batch_size": (1, None, True, True), "evaluation.probe_steps": (0, None, True, True),
+    "evaluation.eval_mlm_probability": (0, 1, False, False),
+}
+
+
+def check_ranges(config, ranges: dict) -> None:
+    """One-line ConfigError naming the first dotted key whose value is outside its range."""
+    for key, (low, high, low_included, high_included) in ranges.items():
+        value = config
+        for part in key.split("."):
+            value = getattr(value, part)
+        below = value < low if low_included else value <= low
+        above = high is not None and (value > high if high_included else value >= high)
+        if below or above:
+            interval = (f"{'[' if low_included else '('}{low}, {high if high is not None else 'inf'}"
+                        f"{']' if high_included and high is not None else ')'}")
+            raise ConfigError(f"{key}={value!r} is out of range; it must be in {interval}")
 
 
 # ---------------------------------------------------------------------------------------------------- loading

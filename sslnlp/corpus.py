@@ -352,7 +352,7 @@ class IterableCorpus(Corpus):
             for index in range(skip, len(source)):
                 yield index, source[index][self.text_field]
             return
-        if isinstance(source, Iterator):
+        if isinstance(source, Iterator) and not callable(self.source):  # a function gives a new generator each time
             if self._consumed:
                 raise CorpusError(f"corpus {self.name}: a generator can be read only once; pass a list or a function "
                                   "returning a new generator to train for more than one epoch or to resume")

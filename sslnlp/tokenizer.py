@@ -87,6 +87,153 @@ def _is_non_empty_document(document: object) -> bool:
     return bool(document.strip())
 
 
+# Unigram scores are rounded to this many decimals: the Rust trainer's EM sums come out in a different order in every
+# process (its word counts live in a randomly seeded hash map), which moves the last ~12 significant digits.
+UNIGRAM_SCORE_DECIMALS = 6
+# Word-internal characters reach the BPE trainer as stand-ins from the Supplementary Private Use Areas (see
+# _WordPieceStandIns).
+_FIRST_STAND_IN, _LAST_STAND_IN = 0xF0000, 0x10FFFD
+
+
+class _StandInTable(dict):
+    """A str.translate table (code point -> stand-in character) that hands out the next stand-in on first use."""
+
+    def __init__(self, stand_ins: _WordPieceStandIns, continuation: bool):
+        super().__init__()
+        self.stand_ins, self.continuation = stand_ins, continuation
+
+    def __missing__(self, code_point: int) -> str:
+        self[code_point] = stand_in = self.stand_ins.new_stand_in(chr(code_point), self.continuation)
+        return stand_in
+
+
+class _WordPieceStandIns:
+    """Train a WordPiece vocabulary with tokenizers' (deterministic) BpeTrainer instead of its WordPieceTrainer.
+
+    WordPieceTrainer is a BpeTrainer with continuing_subword_prefix="##" that numbers the "##x" tokens in the iteration
+    order of a randomly seeded Rust hash map and breaks ties between equally frequent pairs by those numbers, so every
+    process learns a different vocabulary (huggingface/tokenizers#1794). Here each word-internal character x is
+    replaced by a private-use stand-in for "##x" before the words reach a BpeTrainer without prefix, whose alphabet is
+    sorted, so its numbering and tie-breaking are the same in every process. Stand-ins are handed out in order of first
+    appearance, so the same documents always give the same stand-ins; real characters that fall in the stand-in range
+    are replaced too, so nothing collides.
+    """
+
+    def __init__(self):
+        self.next_code_point = _FIRST_STAND_IN
+        self.original: dict[str, tuple[str, bool]] = {}  # stand-in -> (character, is "##character")
+        self.continuation_table = _StandInTable(self, continuation=True)
+        self.initial_table = _StandInTable(self, continuation=False)
+        self.new_alphabet_words: list[str] = []
+
+    def new_stand_in(self, character: str, continuation: bool) -> str:
+        if self.next_code_point > _LAST_STAND_IN:
+            raise ValueError("too many distinct characters for the deterministic WordPiece training")
+        stand_in = chr(self.next_code_point)
+        self.next_code_point += 1
+        self.original[stand_in] = (character, continuation)
+        if continuation:
+            # WordPieceTrainer also puts a word-internal character on its own into the alphabet: add it as a
+            # one-character word, which has no pairs and so changes no merge.
+            self.new_alphabet_words.append(self.initial(character))
+        return stand_in
+
+    def initial(self, character: str) -> str:
+        return self.initial_table[ord(character)] if ord(character) >= _FIRST_STAND_IN else character
+
+    def training_text(self, words: list[str]) -> str:
+        """Join the pre-tokenized words of one document, word-internal characters replaced by their stand-ins."""
+        mapped = [self.initial(word[0]) + word[1:].translate(self.continuation_table) for word in words]
+        if self.new_alphabet_words:
+            mapped += self.new_alphabet_words
+            self.new_alphabet_words = []
+        return " ".join(mapped)
+
+    def original_token(self, token: str) -> str:
+        """The WordPiece token ("ab", "##ab") that a token learned on stand-ins stands for."""
+        characters = [self.original.get(stand_in, (stand_in, False)) for stand_in in token]
+        return ("##" if characters[0][1] else "") + "".join(character for character, _ in characters)
+
+
+def _train_wordpiece_vocabulary(tokenizer, batches: Iterator[list[str]], trainer) -> dict[str, int]:
+    """Learn the WordPiece vocabulary for tokenizer's normalizer and pre-tokenizer, the same in every process.
+
+    Args:
+        tokenizer: the WordPiece tokenizer, normalizer and pre-tokenizer set.
+        batches: lists of documents.
+        trainer: a BpeTrainer without continuing_subword_prefix (the stand-ins play its part).
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    stand_ins = _WordPieceStandIns()
+    normalizer, pre_tokenizer = tokenizer.normalizer, tokenizer.pre_tokenizer
+
+    def training_texts():
+        for batch in batches:
+            yield [stand_ins.training_text([word for word, _ in pre_tokenizer.pre_tokenize_str(
+                normalizer.normalize_str(document))]) for document in batch]
+
+    training_tokenizer = Tokenizer(models.BPE())
+    training_tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    training_tokenizer.train_from_iterator(training_texts(), trainer=trainer)
+    vocabulary = {stand_ins.original_token(token): token_id
+                  for token, token_id in training_tokenizer.get_vocab(with_added_tokens=False).items()}
+    if len(vocabulary) != training_tokenizer.get_vocab_size(with_added_tokens=False):
+        raise AssertionError("two learned WordPiece tokens map to the same string")
+    return vocabulary
+
+
+def _canonical_unigram(tokenizer, num_special_tokens: int):
+    """Make a trained Unigram model the same in every process (tokenizers' UnigramTrainer is not deterministic).
+
+    The trainer (huggingface/tokenizers, tokenizers/src/models/unigram/trainer.rs) runs EM over its word counts in the
+    iteration order of a randomly seeded hash map, so its float sums, and the scores, differ in the last digits; it
+    gives the required characters that EM dropped the scores min_score, min_score + 1e-4, ... in hash-set order; and
+    it orders equal scores by that order. Here every score is rounded to UNIGRAM_SCORE_DECIMALS decimals, the
+    single characters on that score ladder get its scores in the order of the characters, and equal scores are
+    ordered by piece.
+    """
+    import json
+    from tokenizers import Tokenizer
+
+    state = json.loads(tokenizer.to_str())
+    special_pieces = state["model"]["vocab"][:num_special_tokens]
+    pieces = [(piece, round(score, UNIGRAM_SCORE_DECIMALS) + 0.0)  # + 0.0: no -0.0
+              for piece, score in state["model"]["vocab"][num_special_tokens:]]
+    if pieces:
+        lowest = min(score for _, score in pieces)
+        ladder = {round(lowest + step * 0.0001, UNIGRAM_SCORE_DECIMALS) for step in range(len(pieces))}
+        on_ladder = sorted(index for index, (piece, score) in enumerate(pieces) if len(piece) == 1 and score in ladder)
+        for index, score in zip(sorted(on_ladder, key=lambda index: pieces[index][0]),
+                                sorted(pieces[index][1] for index in on_ladder)):
+            pieces[index] = (pieces[index][0], score)
+        pieces.sort(key=lambda piece_score: (-piece_score[1], piece_score[0]))
+    state["model"]["vocab"] = special_pieces + [list(piece_score) for piece_score in pieces]
+    return Tokenizer.from_str(json.dumps(state))
+
+
+def _train(tokenizer, kind: str, trainer, special_tokens: list, batches: Iterator[list[str]]):
+    """Train tokenizer's model; the result is the same in every process (tokenizers' WordPiece and Unigram trainers
+    are not deterministic: see _WordPieceStandIns and _canonical_unigram).
+
+    Args:
+        tokenizer: the untrained tokenizer (model, normalizer and pre-tokenizer set).
+        kind: one of TOKENIZER_KINDS.
+        trainer: the trainer for kind (for wordpiece a BpeTrainer without continuing_subword_prefix).
+        special_tokens: the trainer's special tokens.
+        batches: lists of documents.
+    """
+    from tokenizers import models
+
+    if kind == "wordpiece":
+        tokenizer.model = models.WordPiece(_train_wordpiece_vocabulary(tokenizer, batches, trainer), unk_token="[UNK]",
+                                           continuing_subword_prefix="##")
+        tokenizer.add_special_tokens(special_tokens)  # as train_from_iterator does after training
+        return tokenizer
+    tokenizer.train_from_iterator(batches, trainer=trainer)
+    return _canonical_unigram(tokenizer, len(special_tokens)) if kind == "unigram" else tokenizer
+
+
 def train_tokenizer(documents: Iterable[str], output_dir: str | os.PathLike | None = None, *, kind: str = "wordpiece",
                     encoder: bool = True, vocab_size: int = 8192, round_vocab_to: int = 64, min_frequency: int = 2,
                     max_documents: int | None = None,
@@ -129,9 +276,9 @@ def train_tokenizer(documents: Iterable[str], output_dir: str | os.PathLike | No
         tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True if lowercase is None else lowercase)
         tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tokenizer.decoder = decoders.WordPiece(prefix="##")
-        trainer = trainers.WordPieceTrainer(vocab_size=target_vocab_size, min_frequency=min_frequency,
-                                            special_tokens=trainer_special_tokens, continuing_subword_prefix="##",
-                                            show_progress=show_progress)
+        # Not WordPieceTrainer, which learns a different vocabulary in every process: see _WordPieceStandIns.
+        trainer = trainers.BpeTrainer(vocab_size=target_vocab_size, min_frequency=min_frequency,
+                                      special_tokens=trainer_special_tokens, show_progress=show_progress)
         post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
             special_tokens=[("[CLS]", token_ids["[CLS]"]), ("[SEP]", token_ids["[SEP]"])])
@@ -172,7 +319,8 @@ def train_tokenizer(documents: Iterable[str], output_dir: str | os.PathLike | No
     else:  # special_tokens_for has already rejected unknown kinds
         raise AssertionError(kind)
 
-    tokenizer.train_from_iterator(_batches_of_documents(documents, max_documents), trainer=trainer)
+    tokenizer = _train(tokenizer, kind, trainer, trainer_special_tokens,
+                       _batches_of_documents(documents, max_documents))
     tokenizer.post_processor = post_processor
     wrapper_arguments = {name: trainer_special_tokens[token_ids[token]] for name, token in special_tokens.items()}
     if kind == "wordpiece":

@@ -80,6 +80,9 @@ CASES = {
     "resume from a non-checkpoint": (lambda t, w, c: [f"training.resume_from_checkpoint={t}"], "is not a complete checkpoint"),
     "unwritable output dir": (lambda t, w, c: [f"output_dir={write(t, 'file', 'x')}/run"], "is not writable"),
     "bad mask rate": (lambda t, w, c: ["objective.mlm_probability=1.5"], "objective.mlm_probability=1.5 must be in (0, 1)"),
+    "negative learning rate": (lambda t, w, c: ["training.learning_rate=-1e-3"], "training.learning_rate=-0.001 is out of range; it must be in (0, inf)"),
+    "beta of 1": (lambda t, w, c: ["training.adam_beta2=1.0"], "training.adam_beta2=1.0 is out of range; it must be in [0, 1)"),
+    "no documents for the tokenizer": (lambda t, w, c: ["tokenizer.training_documents=0"], "tokenizer.training_documents=0 is out of range"),
 }
 
 

@@ -127,12 +127,16 @@ class GeneratorAndDiscriminator(torch.nn.Module):
 
 
 def sample_replacements(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """One token per row of ``logits`` [N, V], drawn from softmax(logits / temperature) (the global RNG: resumed
-    runs draw what the uninterrupted one did, Accelerate restores it)."""
+    """One token per row of ``logits`` [N, V], drawn from softmax(logits / temperature) by inverting the cumulative
+    distribution with one uniform draw per row (the global RNG: Accelerate restores it on resume, so a resumed run
+    draws what the uninterrupted one did). torch.multinomial draws V exponentials per row: on 2 CPU cores it took
+    160 ms for 600 x 8,192 logits, a tenth of the training step; this takes a few ms."""
     if len(logits) == 0:
         return torch.zeros(0, dtype=torch.long, device=logits.device)
     probabilities = torch.softmax(logits.float() / temperature, dim=-1)
-    return torch.multinomial(probabilities, 1).squeeze(1)
+    cumulative = probabilities.cumsum(-1)  # [N, V]
+    uniform = torch.rand(len(logits), 1, device=logits.device) * cumulative[:, -1:]
+    return torch.searchsorted(cumulative, uniform, right=True).squeeze(1).clamp_(max=logits.shape[-1] - 1)
 
 
 def replace_tokens(input_ids: torch.Tensor, positions: torch.Tensor, originals: torch.Tensor,
