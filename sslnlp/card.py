@@ -260,6 +260,20 @@ def budget_section(summary: dict) -> list[str]:
     return lines
 
 
+def provenance_section(summary: dict) -> list[str]:
+    """Package versions and the fingerprints a rerun can be compared against (summary.json's provenance)."""
+    provenance = summary.get("provenance")
+    if not isinstance(provenance, dict):
+        return []
+    versions = ", ".join(f"{name} {version}" for name, version in (provenance.get("versions") or {}).items() if version)
+    return ["", "## Reproduce", "", "| | |", "|---|---|", f"| packages | {versions or '–'} |",
+            f"| config sha256 | `{str(provenance.get('config_sha256'))[:16]}` (config.yaml, run directory and Hub "
+            "settings left out) |",
+            f"| tokenizer sha256 | `{str(provenance.get('tokenizer_sha256'))[:16]}` (tokenizer.json) |",
+            f"| training data sha256 | `{str(provenance.get('data_sha256'))[:16]}` (files, sizes and modification "
+            "times, or a hash of the texts) |"]
+
+
 def results_section(config: PretrainConfig, summary: dict, eval_values: dict, metrics: list[dict],
                     evaluation_table: str) -> list[str]:
     last_train = next((r for r in reversed(metrics) if r.get("loss") is not None), {})
@@ -346,6 +360,7 @@ def model_card(*, repo_id: str, config: PretrainConfig, summary: dict, model_con
     lines += model_section(config, model_config, parameters, model_type)
     lines += recipe_section(config, objective, summary)
     lines += budget_section(summary)
+    lines += provenance_section(summary)
     lines += results_section(config, summary, eval_values, metrics, evaluation_table)
     lines += usage_section(objective, repo_id, revision, tokenizer_config, resumable)
     return "\n".join(lines)

@@ -75,6 +75,10 @@ class Corpus:
         """The ``start`` of epoch ``epoch`` (0, 1, ...): None (the beginning) unless the order changes per epoch."""
         return None
 
+    def fingerprint(self) -> dict:
+        """What identifies the text this corpus reads (JSON-able): recorded by a run and compared on resume."""
+        return {"kind": type(self).__name__, "name": self.name}
+
     def __iter__(self) -> Iterator[str]:
         for text, _ in self.iter_documents():
             yield text
@@ -183,6 +187,16 @@ class FileCorpus(Corpus):
         self.file_format = file_format
         self.skipped_records = 0
         self.name = str(self.paths[0]) + (f" (+{len(self.paths) - 1} files)" if len(self.paths) > 1 else "")
+
+    def fingerprint(self) -> dict:
+        files = []
+        for path in self.paths:
+            try:
+                stat = path.stat()
+                files.append([str(path), stat.st_size, stat.st_mtime_ns])
+            except OSError:
+                files.append([str(path), None, None])
+        return {"kind": "files", "files": files}
 
     def _bad(self, path: Path, line: int, problem: str, fix: str) -> None:
         if self.on_bad_record == "error":
@@ -344,6 +358,16 @@ class IterableCorpus(Corpus):
         self.reiterable = callable(source) or not isinstance(source, Iterator)
         self.name = name or type(source).__name__
 
+    def fingerprint(self) -> dict:
+        if isinstance(self.source, (list, tuple)) and all(isinstance(t, str) for t in self.source):
+            import hashlib
+
+            digest = hashlib.sha256()
+            for text in self.source:
+                digest.update(text.encode("utf-8", "surrogatepass") + b"\0")
+            return {"kind": "texts", "count": len(self.source), "sha256": digest.hexdigest()}
+        return {"kind": type(self.source).__name__, "name": self.name}
+
     def _records(self, skip: int):
         import datasets
 
@@ -395,6 +419,10 @@ class MixtureCorpus(Corpus):
             self.cumulative.append(running)
         self.seed = seed
         self.name = " + ".join(f"{w / total:.0%} {c.name}" for c, w in zip(corpora, weights))
+
+    def fingerprint(self) -> dict:
+        return {"kind": "mixture", "seed": self.seed, "cumulative_weights": list(self.cumulative),
+                "sources": [corpus.fingerprint() for corpus in self.corpora]}
 
     def _choose(self, record: int) -> int:
         u = _mix64(self.seed * 0x100000001B3 + record) / 2.0**64
@@ -451,6 +479,9 @@ class ShuffledCorpus(Corpus):
         self.name = f"shuffled {corpus.name}"
         self._documents: list[bytes] | None = None
 
+    def fingerprint(self) -> dict:
+        return {"kind": "shuffled", "seed": self.seed, "source": self.corpus.fingerprint()}
+
     def documents(self) -> list[bytes]:
         """The corpus's documents in stored order (UTF-8), read on first use."""
         if self._documents is None:
@@ -502,6 +533,10 @@ class HoldoutCorpus(Corpus):
         self.corpus, self.every, self.held_out = corpus, every, held_out
         self.reiterable = corpus.reiterable
         self.name = f"{'held-out' if held_out else 'training'} part (1 in {every}) of {corpus.name}"
+
+    def fingerprint(self) -> dict:
+        return {"kind": "held out" if self.held_out else "held-out remainder", "every": self.every,
+                "source": self.corpus.fingerprint()}
 
     def iter_documents(self, start=None, shard_index=0, shard_count=1):
         start = start or {}

@@ -33,6 +33,7 @@ from sslnlp.hub import HubSync
 from sslnlp.modeling import build_model_config, peak_flops_per_second
 from sslnlp.objectives import Objective, build_objective
 from sslnlp.packing import BlockStream, PackedBlocks
+from sslnlp.provenance import check_resume, run_provenance
 from sslnlp.runtime import (
     MetricsLog,
     PreemptionFlag,
@@ -231,12 +232,15 @@ def set_up(config: PretrainConfig) -> Run:
               warmup=(training.warmup_steps / budget_steps if training.warmup_steps and budget_steps else training.warmup_ratio),
               model_flops_per_token=objective.flops_per_token(model_config, data.max_seq_length),
               peak_flops=peak_flops_per_second(accelerator.device, accelerator.mixed_precision, training.peak_flops))
+    provenance = run_provenance(plain(to_dict(config)), tokenizer, train_corpus)
     resume = resolve_resume(training.resume_from_checkpoint, output_dir)
     if resume is not None:
         run.loop, rank_state = load_checkpoint(accelerator, resume)
+        check_resume(run.loop.get("provenance"), provenance, resume)
         train_stream.load_state_dict(rank_state["data"])
         collator.load_state_dict({"generator": torch.tensor(rank_state["collator"], dtype=torch.uint8)} if rank_state["collator"] else {})
         accelerator.print(f"resumed from {resume} at step {run.loop['step']}")
+    run.loop["provenance"] = provenance  # kept in every checkpoint: a resume compares against it
     if training.report_to:
         accelerator.init_trackers("sslnlp", config={k: v for k, v in flatten(to_dict(config)).items()
                                                     if isinstance(v, (int, float, str, bool))})
@@ -430,7 +434,8 @@ def finish(run: Run) -> dict:
                "nonfinite_steps": loop.get("nonfinite_steps", 0),
                "model_flops_utilization": (tokens_per_second / accelerator.num_processes * run.model_flops_per_token
                                            / run.peak_flops) if run.peak_flops else None,
-               "output_dir": str(run.output_dir), **{k: v for k, v in run.last_eval.items() if k != "step"}}
+               "output_dir": str(run.output_dir), **{k: v for k, v in run.last_eval.items() if k != "step"},
+               "provenance": loop["provenance"]}
     if accelerator.is_main_process:
         (run.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     for callback in run.callbacks:  # after the last collective: only rank 0 waits on the network

@@ -67,3 +67,34 @@ def test_a_function_returning_a_generator_serves_holdout_epochs_and_resume(wordp
                     tmp_path / "resumed" / "checkpoints" / "checkpoint-00000010")
     run(tmp_path / "resumed", **{"training.resume_from_checkpoint": "auto"})
     assert (tmp_path / "full" / "model.safetensors").read_bytes() == (tmp_path / "resumed" / "model.safetensors").read_bytes()
+
+
+def test_a_run_records_its_provenance_and_refuses_to_resume_over_changed_data(wordpiece_dir, tmp_path):
+    import textgen
+    from conftest import tiny_overrides
+
+    from sslnlp.card import write_model_card
+    from sslnlp.config import PretrainConfig, load_config
+    from sslnlp.provenance import ProvenanceError
+    from sslnlp.train import pretrain
+
+    corpus = tmp_path / "train.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in textgen.documents(200, seed=4)))
+
+    def run(steps, **extra):
+        return pretrain(load_config(PretrainConfig, None, tiny_overrides(tmp_path / "run", wordpiece_dir, steps=steps, **{
+            "data.train_files": str(corpus), "training.save_steps": 5, **extra})))
+
+    summary = run(10)
+    provenance = summary["provenance"]
+    assert set(provenance["versions"]) == {"sslnlp", "torch", "transformers", "tokenizers", "accelerate", "datasets"}
+    assert provenance["data"]["source"]["files"][0][:2] == [str(corpus), corpus.stat().st_size]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["provenance"]["data_sha256"] == provenance["data_sha256"]
+    card = write_model_card(tmp_path / "run", repo_id="me/x")
+    assert f"| tokenizer sha256 | `{provenance['tokenizer_sha256'][:16]}`" in card
+    resumed = run(12, **{"training.resume_from_checkpoint": "auto"})  # unchanged data: resumes
+    assert resumed["steps"] == 12 and resumed["provenance"]["data_sha256"] == provenance["data_sha256"]
+    with open(corpus, "a") as handle:  # the data grows under the run
+        handle.write(json.dumps({"text": "A new document appended after the checkpoint."}) + "\n")
+    with pytest.raises(ProvenanceError, match=r"the training data changed: train.jsonl changed size \(\d+ -> \d+ bytes\)"):
+        run(14, **{"training.resume_from_checkpoint": "auto"})
