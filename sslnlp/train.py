@@ -195,9 +195,10 @@ def set_up(config: PretrainConfig) -> Run:
     accelerator = make_accelerator(mixed_precision=resolve_mixed_precision(training.mixed_precision),
                                    log_with=training.report_to or None, project_dir=str(output_dir))
     keep_freed_memory(accelerator.device)
+    config_values = plain(to_dict(config))  # config.yaml and the config fingerprint
     if accelerator.is_main_process:
         ensure_writable(output_dir)
-        (output_dir / "config.yaml").write_text(yaml.safe_dump(plain(to_dict(config)), sort_keys=False))
+        (output_dir / "config.yaml").write_text(yaml.safe_dump(config_values, sort_keys=False))
     set_seed(training.seed)
     objective = build_objective(config.objective, config.model)
     train_corpus, validation_corpus = training_and_validation_corpora(data)
@@ -232,7 +233,7 @@ def set_up(config: PretrainConfig) -> Run:
               warmup=(training.warmup_steps / budget_steps if training.warmup_steps and budget_steps else training.warmup_ratio),
               model_flops_per_token=objective.flops_per_token(model_config, data.max_seq_length),
               peak_flops=peak_flops_per_second(accelerator.device, accelerator.mixed_precision, training.peak_flops))
-    provenance = run_provenance(plain(to_dict(config)), tokenizer, train_corpus)
+    provenance = run_provenance(config_values, tokenizer, train_corpus)
     resume = resolve_resume(training.resume_from_checkpoint, output_dir)
     if resume is not None:
         run.loop, rank_state = load_checkpoint(accelerator, resume)
@@ -325,11 +326,12 @@ def advance(run: Run, step: dict) -> None:
     else:
         loop["elapsed"] += step["seconds"]
     if step["finite"]:
+        sums, counts, metrics = (window.setdefault(key, {}) for key in ("sums", "counts", "metrics"))
         for term, value in step["sums"].items():
-            window.setdefault("sums", {})[term] = window.get("sums", {}).get(term, torch.zeros((), device=accelerator.device)) + value
-            window.setdefault("counts", {})[term] = window.get("counts", {}).get(term, 0) + step["counts"][term]
+            sums[term] = sums.get(term, 0) + value
+            counts[term] = counts.get(term, 0) + step["counts"][term]
         for name, (value, term) in step["metrics"].items():
-            window.setdefault("metrics", {}).setdefault(name, [0, term])[0] += value
+            metrics.setdefault(name, [0, term])[0] += value
     for key, value in (("steps", 1), ("tokens", step["tokens"]), ("seconds", step["seconds"]), ("wait", step["data_wait"])):
         window[key] = window.get(key, 0) + value
 
