@@ -150,6 +150,9 @@ class TrainingConfig:
                                                       "checkpoint directory, or None.")
     report_to: list = option([], "Accelerate trackers: tensorboard, wandb, mlflow, ...")
     torch_compile: bool = option(False, "Compile the model with torch.compile.")
+    deterministic: bool = option(False, "Deterministic GPU kernels (torch.use_deterministic_algorithms, cuDNN, cuBLAS "
+                                 "workspace): the same bits on the same machine and software, at a speed cost; an op "
+                                 "without a deterministic kernel raises. CPU runs are deterministic without it.")
     peak_flops: float = option(0, "Peak FLOP/s of one device for the MFU figure (0: from the table of known GPUs, "
                                   "or measured once on a CPU).")
 
@@ -497,8 +500,16 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] | None
     return config
 
 
-def to_dict(config) -> dict:
-    return dataclasses.asdict(config)
+def to_dict(config):
+    """A config as nested dicts. Unlike dataclasses.asdict, values that are Python objects (a corpus given as a
+    generator or a dataset) are passed through, not deep-copied: a generator cannot be copied."""
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    if isinstance(config, dict):
+        return {key: to_dict(value) for key, value in config.items()}
+    if isinstance(config, (list, tuple)):
+        return type(config)(to_dict(value) for value in config)
+    return config
 
 
 def describe(cls, prefix: str = "") -> list[tuple[str, str, str]]:

@@ -403,11 +403,10 @@ class MixtureCorpus(Corpus):
     (seed, r) so the mixture is reproducible by seed and resumes without RNG state. Sources that run out start over,
     so a mixture is endless: the training budget ends it."""
 
-    reiterable = True
-
     def __init__(self, corpora: list[Corpus], weights: list[float], seed: int = 0):
         if len(corpora) != len(weights) or not corpora:
             raise CorpusError("a mixture needs one weight per source")
+        self.reiterable = all(corpus.reiterable for corpus in corpora)  # a source that runs out starts over
         if any(w < 0 for w in weights) or sum(weights) <= 0:
             raise CorpusError(f"mixture weights must be non-negative and not all zero, got {weights}")
         total = float(sum(weights))

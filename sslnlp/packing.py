@@ -338,6 +338,11 @@ class BlockStream:
         finally:
             torch.set_num_threads(threads)
 
+    @property
+    def epochs(self) -> int:
+        """Passes over this rank's data begun so far (1 during the first epoch; 0 before any data)."""
+        return max((state["epoch"] + 1 for state in self.shard_states.values() if state), default=0)
+
     def state_dict(self) -> dict:
         """Everything needed to continue exactly after the last batch yielded (JSON-friendly except numpy arrays)."""
         return {

@@ -44,6 +44,18 @@ def make_accelerator(**options):
         return Accelerator(**options)
 
 
+def use_deterministic_algorithms() -> None:
+    """Deterministic kernels for this process (torch's switch, cuDNN without autotuning, a fixed cuBLAS workspace:
+    set before the first matmul creates the cuBLAS handle). On GPUs, scatter/index-add backward (embeddings) and
+    attention backward otherwise add in a varying order."""
+    import os
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
 def resolve_mixed_precision(setting: str) -> str:
     """'auto' -> bf16 on GPUs that support it and on CPUs with native bf16 (AVX-512 BF16 / AMX), else 'no'."""
     if setting != "auto":

@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ import yaml
 
 from sslnlp.checkpoint import find_latest_checkpoint, load_checkpoint, resolve_resume, save_checkpoint
 from sslnlp.config import PretrainConfig, to_dict
-from sslnlp.corpus import HoldoutCorpus, ShuffledCorpus, load_corpus
+from sslnlp.corpus import CorpusError, HoldoutCorpus, ShuffledCorpus, load_corpus
 from sslnlp.hub import HubSync
 from sslnlp.modeling import build_model_config, peak_flops_per_second
 from sslnlp.objectives import Objective, build_objective
@@ -44,6 +45,7 @@ from sslnlp.runtime import (
     make_accelerator,
     parameter_groups,
     resolve_mixed_precision,
+    use_deterministic_algorithms,
 )
 from sslnlp.tokenizer import load_tokenizer, train_tokenizer
 
@@ -78,6 +80,26 @@ def training_and_validation_corpora(data):
     return train, validation
 
 
+def check_one_shot(config: PretrainConfig, train_corpus, output_dir: Path, resume: Path | None) -> None:
+    """A one-shot generator can be read once: refuse, before any work, a run that would need to read it again."""
+    if train_corpus.reiterable:
+        return
+    data, tokenizer = config.data, config.tokenizer
+    passes = {
+        "to train the tokenizer (or give tokenizer.tokenizer_name_or_path)":
+            not (tokenizer.tokenizer_name_or_path or config.model.model_name_or_path
+                 or (output_dir / "tokenizer" / "tokenizer.json").is_file()),
+        "for the validation hold-out (or give data.validation_files, or data.validation_holdout_every=0)":
+            bool(data.validation_holdout_every and not data.validation_files),
+        f"to resume from {resume}": resume is not None,
+    }
+    again = [why for why, needed in passes.items() if needed]
+    if again:
+        raise CorpusError(f"data.train_files is a one-shot generator, read once, but this run would read it again "
+                          f"{'; '.join(again)}; pass a list, files, a dataset or a function returning a new generator "
+                          "(lambda: (text for text in ...))")
+
+
 def prepare_tokenizer(config: PretrainConfig, objective: Objective, corpus, accelerator, output_dir: Path):
     """Load the configured tokenizer, the one an earlier run saved in output_dir, or train one (main process)."""
     options = config.tokenizer
@@ -89,9 +111,13 @@ def prepare_tokenizer(config: PretrainConfig, objective: Objective, corpus, acce
     if accelerator.is_main_process and not (saved / "tokenizer.json").is_file():
         logger.info("training a %s tokenizer (vocabulary %d) on up to %d documents", options.kind, options.vocab_size,
                     options.training_documents)
-        train_tokenizer(corpus, saved, kind=options.kind, encoder=objective.encoder,
+        partial = output_dir / "tokenizer.partial"  # renamed into place whole: a kill never leaves half a tokenizer
+        shutil.rmtree(partial, ignore_errors=True)
+        train_tokenizer(corpus, partial, kind=options.kind, encoder=objective.encoder,
                         vocab_size=options.vocab_size, min_frequency=options.min_frequency,
                         max_documents=options.training_documents, lowercase=options.lowercase)
+        shutil.rmtree(saved, ignore_errors=True)  # a directory without tokenizer.json is not a tokenizer
+        os.replace(partial, saved)
     accelerator.wait_for_everyone()
     return load_tokenizer(str(saved))
 
@@ -200,8 +226,12 @@ def set_up(config: PretrainConfig) -> Run:
         ensure_writable(output_dir)
         (output_dir / "config.yaml").write_text(yaml.safe_dump(config_values, sort_keys=False))
     set_seed(training.seed)
+    if training.deterministic:
+        use_deterministic_algorithms()
     objective = build_objective(config.objective, config.model)
     train_corpus, validation_corpus = training_and_validation_corpora(data)
+    resume = resolve_resume(training.resume_from_checkpoint, output_dir)
+    check_one_shot(config, train_corpus, output_dir, resume)
     tokenizer = prepare_tokenizer(config, objective, train_corpus, accelerator, output_dir)
     model_config = build_model_config(config.model, tokenizer, data.max_seq_length)
     objective.check_model_config(model_config)
@@ -234,7 +264,6 @@ def set_up(config: PretrainConfig) -> Run:
               model_flops_per_token=objective.flops_per_token(model_config, data.max_seq_length),
               peak_flops=peak_flops_per_second(accelerator.device, accelerator.mixed_precision, training.peak_flops))
     provenance = run_provenance(config_values, tokenizer, train_corpus)
-    resume = resolve_resume(training.resume_from_checkpoint, output_dir)
     if resume is not None:
         run.loop, rank_state = load_checkpoint(accelerator, resume)
         check_resume(run.loop.get("provenance"), provenance, resume)
@@ -429,7 +458,8 @@ def finish(run: Run) -> dict:
     if run.config.training.report_to:
         accelerator.end_training()
     tokens_per_second = loop["tokens"] / max(loop["elapsed"], 1e-9)
-    summary = {"steps": loop["step"], "tokens": loop["tokens"], "train_runtime": loop["elapsed"],
+    summary = {"steps": loop["step"], "tokens": loop["tokens"], "epochs": run.train_stream.epochs,
+               "train_runtime": loop["elapsed"],
                "train_loss": run.last_logged["loss"] if run.last_logged else None,
                "tokens_per_second": tokens_per_second, "model_flops_per_token": run.model_flops_per_token,
                "world_size": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,

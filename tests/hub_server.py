@@ -4,12 +4,17 @@ It speaks the subset of the Hub's HTTP protocol that ``huggingface_hub`` uses to
 files on the classic path (Xet disabled): repo creation, branches, README metadata validation, the preupload call
 that chooses regular or LFS upload per file, the Git LFS batch API with "basic" transfers (PUT to a URL of this
 server, then verify), and the NDJSON commit. It keeps what it receives (repositories, branches, files, LFS objects,
-commits, and a log of requests) so tests can compare bytes. Downloads are not served: tests read ``files()``.
+commits, and a log of requests) so tests can compare bytes; tests read the pushed files with ``files()``.
+
+It also serves dataset repositories for download (``add_dataset``): the repository info, tree listing, paths-info
+and ``resolve`` (HEAD, GET and byte ranges) calls through which ``datasets.load_dataset(name, streaming=True)``
+reads a Hub dataset.
 
     with HubServer() as hub:                       # HF_ENDPOINT=hub.url
         hub.fail("/api/repos/create", times=2)     # the next two repo creations answer 503
         ...
         hub.files("me/tiny")                       # {path: bytes} of the main branch
+        hub.add_dataset("me/text", {"train.jsonl": data})  # then load_dataset("me/text", streaming=True)
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
 
@@ -39,6 +44,7 @@ class HubServer:
         self.creations: list[dict] = []  # every repo-creation request: {"repo", "private", "status"}
         self.requests: list[dict] = []  # {"method", "path", "status", "user_agent", "authorization"}
         self.failures: list[list] = []  # [path substring, remaining count]
+        self.datasets: dict[str, dict[str, bytes]] = {}  # repo_id -> {path: bytes}, served for download
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -60,6 +66,11 @@ class HubServer:
     def files(self, repo_id: str, revision: str = "main") -> dict[str, bytes]:
         with self.lock:
             return dict(self.repos[repo_id]["branches"][revision])
+
+    def add_dataset(self, repo_id: str, files: dict[str, bytes]) -> None:
+        """Serve a dataset repository for download (its single revision is "main")."""
+        with self.lock:
+            self.datasets[repo_id] = dict(files)
 
     def write_repo(self, repo_id: str, destination: Path, revision: str = "main") -> Path:
         """What the server stored, as files under ``destination`` (to load with from_pretrained)."""
@@ -109,8 +120,10 @@ class HubServer:
 
             def do_GET(self):
                 self._body()
-                self._reply(404, {"error": "downloads are not served by this test server"},
-                            {"X-Error-Code": "EntryNotFound"})
+                hub._download(self, head=False)
+
+            def do_HEAD(self):
+                hub._download(self, head=True)
 
             def do_PUT(self):
                 self._dispatch()
@@ -166,6 +179,10 @@ class HubServer:
             if not known:
                 return reply(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
             return getattr(self, f"_{action}")(handler, repo, revision, body)
+        match = re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/paths-info/([^/]+)", path)
+        if method == "POST" and match and match.group(1) in self.datasets:
+            fields = json.loads(body) if body.lstrip().startswith(b"{") else parse_qs(body.decode())
+            return reply(200, self._entries(match.group(1), paths=list(fields.get("paths", []))))
         match = re.fullmatch(r"/(.+)\.git/info/lfs/objects/batch", path)
         if method == "POST" and match:
             return self._lfs_batch(handler, json.loads(body))
@@ -183,6 +200,67 @@ class HubServer:
             ok = stored is not None and len(stored) == payload["size"]
             return reply(200 if ok else 422, {} if ok else {"error": "object missing or of another size"})
         return reply(404, {"error": f"test server: no route for {method} {path}"})
+
+    # ---------------------------------------------------------------------------------------------- downloads
+
+    def _entries(self, repo: str, prefix: str = "", paths: list[str] | None = None) -> list[dict]:
+        """Tree / paths-info entries: the files under ``prefix`` and their folders, or exactly ``paths``."""
+        files = self.datasets[repo]
+        names = [p for p in paths if p in files] if paths is not None else [p for p in files if p.startswith(prefix)]
+        entries = [{"type": "file", "path": name, "size": len(files[name]), "oid": hashlib.sha1(files[name]).hexdigest()}
+                   for name in sorted(names)]
+        if paths is None:
+            folders = {"/".join(name.split("/")[: i + 1]) for name in names for i in range(name.count("/"))}
+            entries += [{"type": "directory", "path": f, "oid": "0" * 40, "size": 0} for f in sorted(folders)]
+        return entries
+
+    def _download(self, handler, head: bool) -> None:
+        """Dataset repository info, tree, and file downloads (with byte ranges); anything else is 404."""
+        path = unquote(urlsplit(handler.path).path)
+        info = re.fullmatch(r"/api/datasets/([^/]+/[^/]+)(?:/revision/([^/]+))?", path)
+        tree = re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/tree/([^/]+)/?(.*)", path)
+        resolve = re.fullmatch(r"/datasets/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
+        repo = next((m.group(1) for m in (info, tree, resolve) if m), None)
+        with self.lock:
+            files = self.datasets.get(repo)
+        if files is None:
+            return self._send(handler, head, 404, {"error": "test server: not found"}, "RepoNotFound")
+        commit = hashlib.sha1(repo.encode()).hexdigest()
+        if info:
+            return self._send(handler, head, 200, {
+                "id": repo, "sha": commit, "private": False, "gated": False, "disabled": False, "tags": [],
+                "siblings": [{"rfilename": name} for name in sorted(files)], "downloads": 0, "cardData": {},
+                "lastModified": "2026-01-01T00:00:00.000Z"})
+        if tree:
+            return self._send(handler, head, 200, self._entries(repo, tree.group(3)))
+        content = files.get(resolve.group(3))
+        if content is None:
+            return self._send(handler, head, 404, {"error": "test server: no such file"}, "EntryNotFound")
+        first, last = 0, len(content) - 1
+        ranged = re.fullmatch(r"bytes=(\d+)-(\d*)", handler.headers.get("Range", ""))
+        if ranged:
+            first, last = int(ranged.group(1)), min(int(ranged.group(2) or last), last)
+        headers = {"ETag": f'"{hashlib.sha1(content).hexdigest()}"', "X-Repo-Commit": commit, "Accept-Ranges": "bytes"}
+        if ranged:
+            headers["Content-Range"] = f"bytes {first}-{last}/{len(content)}"
+        self._send(handler, head, 206 if ranged else 200, content[first: last + 1], headers=headers)
+
+    def _send(self, handler, head: bool, status: int, payload, error_code: str = "", headers: dict | None = None) -> None:
+        """Answer a GET (body) or HEAD (headers only); payload is bytes or JSON data."""
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        handler.send_response(status)
+        headers = {"Content-Type": "application/octet-stream" if isinstance(payload, bytes) else "application/json",
+                   "Content-Length": str(len(body)), **({"X-Error-Code": error_code} if error_code else {}),
+                   **(headers or {})}
+        for key, value in headers.items():
+            handler.send_header(key, value)
+        handler.end_headers()
+        if not head:
+            handler.wfile.write(body)
+        with self.lock:
+            self.requests.append({"method": handler.command, "path": urlsplit(handler.path).path, "status": status,
+                                  "user_agent": handler.headers.get("User-Agent", ""),
+                                  "authorization": handler.headers.get("Authorization", "")})
 
     def _branch(self, handler, repo: str, branch: str, body: bytes) -> None:
         with self.lock:
