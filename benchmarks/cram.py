@@ -9,9 +9,9 @@
 
 Run from the repository root. The comparison, in one invocation:
 
-  1. sslnlp: ``sslnlp pretrain recipes/cram-cpu.yaml`` for --budget seconds of training (default 1,200: the recipe's
+  1. sslnlp: ``sslnlp pretrain recipes/cram-cpu.yaml`` with the team's local corpus (LOCAL_DATA) for --budget seconds of training (default 1,200: the recipe's
      20 minutes) -> OUTPUT_DIR/cram/model, then ``sslnlp probe`` and ``sslnlp finetune`` with
-     recipes/evaluate/cram-wordnet.yaml (the same architecture with random weights beside each score: the floor).
+     benchmarks/recipes/evaluate/cram-wordnet.yaml (the same architecture with random weights beside each score: the floor).
   2. the reference of issue 8: transformers ``Trainer`` + ``DataCollatorForLanguageModeling`` (15% masking) on
      run_mlm-style blocks (``load_dataset('json')`` -> tokenize -> ``group_texts`` to 128 tokens) of
      ../shared/corpora/small.jsonl.gz; BERT hidden 256, 4 layers, 4 heads, intermediate 1,024; WordPiece 8,192 trained
@@ -45,6 +45,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a file, sys.path[0] is benchmarks/: measure this checkout's sslnlp
 
 CORPORA = ROOT.parent / "shared" / "corpora"
+# The team's local corpus in place of the user recipes' Hub stream (WikiText-103): on the team's machines only.
+LOCAL_DATA = [f"data.train_files={CORPORA / 'train.jsonl.xz'}", f"data.validation_files={CORPORA / 'valid.jsonl.gz'}",
+              "data.dataset_config_name=null", "data.shuffle_documents=true"]
+EVALUATION_RECIPE = ROOT / "benchmarks" / "recipes" / "evaluate" / "cram-wordnet.yaml"  # reads ../shared/corpora too
 REFERENCES = {"wordnet_supersense": {"majority class": 0.083, "TF-IDF 1-2-grams + logistic regression": 0.747,
                                      "frozen all-MiniLM-L6-v2 mean-pooled probe": 0.776}}
 REFERENCE_MODEL = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 1024,
@@ -82,8 +86,7 @@ ABLATIONS = {
 def recipe_config(output_dir: Path, budget: float, tokenizer_dir: str | None, extra: list[str]):
     from sslnlp.config import PretrainConfig, load_config
 
-    overrides = [f"output_dir={output_dir}", f"training.max_time={budget}",
-                 f"data.train_files={CORPORA / 'train.jsonl.xz'}", f"data.validation_files={CORPORA / 'valid.jsonl.gz'}"]
+    overrides = [f"output_dir={output_dir}", f"training.max_time={budget}", *LOCAL_DATA]
     if tokenizer_dir:
         overrides.append(f"tokenizer.tokenizer_name_or_path={tokenizer_dir}")
     config = load_config(PretrainConfig, ROOT / "recipes" / "cram-cpu.yaml", overrides + list(extra))
@@ -94,7 +97,7 @@ def recipe_config(output_dir: Path, budget: float, tokenizer_dir: str | None, ex
 def evaluation_config(model_dir: Path, output_dir: Path, extra: list[str]):
     from sslnlp.config import EvaluateConfig, load_config
 
-    config = load_config(EvaluateConfig, ROOT / "recipes" / "evaluate" / "cram-wordnet.yaml",
+    config = load_config(EvaluateConfig, EVALUATION_RECIPE,
                          [f"model_name_or_path={model_dir}", f"output_dir={output_dir}"] + list(extra))
     # the recipe's paths are relative to the repository root
     config.tasks = [{k: (str(ROOT / v) if isinstance(v, str) and v.startswith("../") else v) for k, v in task.items()}
@@ -227,6 +230,20 @@ def comparison(args, output_dir: Path) -> None:
         print("| " + " | ".join(line) + " |")
     print("\nKnown references (test accuracy): " + "; ".join(f"{label} {percent(score)}"
                                                            for label, score in REFERENCES["wordnet_supersense"].items()))
+    if not args.skip_recipe:  # the reference writes no metrics.jsonl: sslnlp's run only
+        charts(output_dir, [output_dir / "cram" / "model"], ["cram-cpu"], [output_dir / "cram" / "eval"])
+
+
+def charts(output_dir: Path, run_dirs: list[Path], labels: list[str], results: list[Path]) -> None:
+    """sslnlp report over the runs of this invocation (skipped, saying so, without matplotlib)."""
+    try:
+        from sslnlp.report import write_report
+
+        page = write_report(run_dirs, output_dir / "report", labels=labels, results=results,
+                            title=f"benchmarks/cram.py, {output_dir}")
+        print(f"charts: {page}", flush=True)
+    except Exception as error:  # the table above is the result; the charts are a view of it
+        print(f"charts not written: {error}", flush=True)
 
 
 def ablate(args, output_dir: Path) -> None:
@@ -254,6 +271,8 @@ def ablate(args, output_dir: Path) -> None:
             cells += [percent(probe), percent(floor), f"{100 * (probe - floor):+.1f}"]
         print(f"| {name} | {summary['steps']} | {summary['tokens'] / 1e6:.2f} | {summary.get('eval_loss', float('nan')):.3f} | "
               + " | ".join(cells) + " |")
+    directories = [output_dir / f"ablation-{list(ABLATIONS).index(name)}" for name in names]
+    charts(output_dir, [d / "model" for d in directories], names, [d / "eval" for d in directories])
 
 
 def layers(args, output_dir: Path) -> None:

@@ -9,7 +9,7 @@
 Run from the repository root, on an otherwise idle machine (the budgets are wall-clock seconds). Both recipes read
 ../shared/corpora/train.jsonl.xz with one shared tokenizer (WordPiece 8,192 on the first 20,000 shuffled documents,
 as benchmarks/cram.py's ablations), train for --budget seconds, then are scored on wordnet_supersense with
-recipes/evaluate/cram-wordnet.yaml: the mean-pooled linear probe of the last layer, of the layer best on validation,
+benchmarks/recipes/evaluate/cram-wordnet.yaml: the mean-pooled linear probe of the last layer, of the layer best on validation,
 and fine-tuning (3 seeds), each next to the same architecture with random weights (the floor). ELECTRA is scored on
 its discriminator (the model it keeps). --cost runs A B A B: MLM (ElectraForMaskedLM, sparse head) and ELECTRA with
 the paper's generator (1/4 wide) on the same discriminator, --cost-steps steps each, and prints tokens/s and the
@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from cram import CORPORA, evaluate, percent, row_cells, shared_tokenizer  # noqa: E402
+from cram import LOCAL_DATA, charts, evaluate, percent, row_cells, shared_tokenizer  # noqa: E402
 
 ABLATIONS = {
     "electra-cpu.yaml": [],
@@ -48,7 +48,7 @@ def config_of(recipe: str, output_dir: Path, budget: float, tokenizer_dir: str, 
     from sslnlp.config import PretrainConfig, load_config
 
     overrides = [f"output_dir={output_dir}", f"training.max_time={budget}", f"tokenizer.tokenizer_name_or_path={tokenizer_dir}",
-                 f"data.train_files={CORPORA / 'train.jsonl.xz'}", f"data.validation_files={CORPORA / 'valid.jsonl.gz'}"]
+                 *LOCAL_DATA]
     config = load_config(PretrainConfig, ROOT / "recipes" / recipe, overrides + list(extra))
     config.evaluation.probe_task = {}  # scored below with the evaluation recipe, floor included
     return config
@@ -86,6 +86,8 @@ def comparison(args, output_dir: Path) -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for line in lines:
         print("| " + " | ".join(line) + " |")
+    directories = [output_dir / name for name in ("electra-cpu", "cram-cpu")]
+    charts(output_dir, [d / "model" for d in directories], ["electra-cpu", "cram-cpu"], [d / "eval" for d in directories])
 
 
 def ablate(args, output_dir: Path) -> None:
@@ -110,6 +112,8 @@ def ablate(args, output_dir: Path) -> None:
               f"{summary.get('eval_discriminator_accuracy', float('nan')):.3f} | "
               f"{summary.get('eval_replaced_fraction', float('nan')):.3f} | {percent(probe)} | {percent(floor)} | "
               f"{100 * (probe - floor):+.1f} |")
+    directories = [output_dir / f"electra-ablation-{list(ABLATIONS).index(name)}" for name in names]
+    charts(output_dir, [d / "model" for d in directories], names, [d / "eval" for d in directories])
 
 
 def cost(args, output_dir: Path) -> None:

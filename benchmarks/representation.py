@@ -9,7 +9,7 @@ Run from the repository root. Steps:
 
   1. pretrain recipes/tiny-cpu.yaml (BERT, hidden 128, 2 layers, WordPiece 4096) on ../shared/corpora/small.jsonl.gz
      for --max-steps steps (32 x 128 tokens each) -> OUTPUT_DIR/model;
-  2. probe and fine-tune it with recipes/evaluate/probe-wordnet.yaml (gloss -> one of 12 categories; 9,600 / 1,200 /
+  2. probe and fine-tune it with benchmarks/recipes/evaluate/probe-wordnet.yaml (gloss -> one of 12 categories; 9,600 / 1,200 /
      1,200 examples) -> OUTPUT_DIR/eval/results.md, and the same architecture with random weights (the floor);
   3. print the table with the known references for the task (../shared/corpora/README.md): majority class 8.3%,
      TF-IDF word 1-2-grams + logistic regression 74.7%, frozen all-MiniLM-L6-v2 mean-pooled probe 77.6%.
@@ -71,7 +71,7 @@ def main() -> None:
         print(f"pretrained {summary['steps']} steps, {summary['tokens']:,} tokens in {timings['pretrain']:.0f} s; "
               f"held-out MLM loss {summary.get('eval_loss', float('nan')):.3f}", flush=True)
 
-    config = load_config(EvaluateConfig, ROOT / "recipes" / "evaluate" / "probe-wordnet.yaml", [
+    config = load_config(EvaluateConfig, ROOT / "benchmarks" / "recipes" / "evaluate" / "probe-wordnet.yaml", [
         f"model_name_or_path={output_dir / 'model'}", f"output_dir={output_dir / 'eval'}",
         f"finetune.seeds={json.dumps(args.seeds)}", f"finetune.num_train_epochs={args.epochs}"])
     # the recipe's paths are relative to the repository root

@@ -56,11 +56,18 @@ def push_to_hub(output_dir, repo_id, **options):
     return push(output_dir, repo_id, **options)
 
 
+def write_report(run_dirs, output_dir=None, **options):
+    """An HTML page and PNG charts of one or more runs (needs matplotlib); see :func:`sslnlp.report.write_report`."""
+    from sslnlp.report import write_report as write
+
+    return write(run_dirs, output_dir, **options)
+
+
 __all__ = [
     "BlockStream", "CausalLanguageModelingCollator", "Corpus", "CorpusError", "DataConfig", "EvaluateConfig",
     "EvaluationConfig", "FinetuneConfig", "HubConfig", "LabelledTask", "MaskedLanguageModelingCollator", "Objective", "ObjectiveConfig", "ObjectiveLoss",
     "ModelConfig", "PackedBlocks", "PretrainConfig", "ProbeConfig", "TaskConfig", "TokenizerConfig", "TrainingConfig",
     "build_objective", "finetune", "get_objective", "load_config", "load_corpus", "load_task", "load_tokenizer", "pretrain", "probe",
-    "push_to_hub", "register_objective", "train_tokenizer",
+    "push_to_hub", "register_objective", "train_tokenizer", "write_report",
 ]
 __version__ = "0.1.0"

@@ -1,10 +1,11 @@
-"""Command line: `sslnlp pretrain|probe|finetune|tokenizer|push ...`, each a thin shell over a library function.
+"""Command line: `sslnlp pretrain|probe|finetune|tokenizer|push|report ...`, each a thin shell over a library function.
 
     sslnlp pretrain recipes/tiny-cpu.yaml output_dir=runs/tiny training.max_steps=100
     sslnlp pretrain --help                      # every config key with its default and meaning
-    sslnlp probe recipes/evaluate/probe-wordnet.yaml model_name_or_path=runs/tiny-cpu
-    sslnlp finetune recipes/evaluate/probe-wordnet.yaml model_name_or_path=runs/tiny-cpu
+    sslnlp probe recipes/evaluate/sst2.yaml model_name_or_path=runs/tiny-cpu
+    sslnlp finetune recipes/evaluate/sst2.yaml model_name_or_path=runs/tiny-cpu
     sslnlp tokenizer corpus.jsonl.gz --output-dir runs/tok --kind bpe --vocab-size 32000
+    sslnlp report runs/tiny-cpu runs/other --output runs/comparison    # charts and a summary table, overlaid
     accelerate launch --config_file recipes/accelerate/cpu-2proc.yaml -m sslnlp pretrain recipes/tiny-cpu.yaml
 
 User mistakes (bad config, bad corpus, bad model) end with one line `sslnlp: error: ...` and exit status 2;
@@ -14,7 +15,6 @@ User mistakes (bad config, bad corpus, bad model) end with one line `sslnlp: err
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import textwrap
@@ -30,33 +30,53 @@ def _config_epilog(cls) -> str:
     return "\n".join(lines)
 
 
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """--debug, --quiet, --verbose: accepted before or after the command (default=SUPPRESS keeps the top-level
+    parser's value when the subcommand's flag is absent)."""
+    for flag, help_text in (("--debug", "show full tracebacks for errors"),
+                            ("--quiet", "warnings and errors only (the run directory's train.log still gets everything)"),
+                            ("--verbose", "also every library's INFO lines, with timestamps")):
+        parser.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=help_text)
+
+
 def make_parser() -> argparse.ArgumentParser:
     from sslnlp.config import EvaluateConfig, PretrainConfig
     from sslnlp.tokenizer import add_tokenizer_arguments
 
     parser = argparse.ArgumentParser(prog="sslnlp", description="Self-supervised pretraining of language models.")
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    add_common_arguments(parser)
     commands = parser.add_subparsers(dest="command", required=True)
     pretrain = commands.add_parser("pretrain", help="pretrain a model (masked-LM or next-token)",
                                    epilog=_config_epilog(PretrainConfig), formatter_class=argparse.RawDescriptionHelpFormatter)
     pretrain.add_argument("recipe", nargs="?", help="recipe YAML (optional: defaults otherwise)")
     pretrain.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. training.max_steps=100")
-    pretrain.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    add_common_arguments(pretrain)
     for name, help_text in (("probe", "linear probes of a checkpoint's frozen representations on labelled tasks"),
                             ("finetune", "fine-tune a checkpoint on labelled tasks (several seeds)")):
         evaluate = commands.add_parser(name, help=help_text, epilog=_config_epilog(EvaluateConfig),
                                        formatter_class=argparse.RawDescriptionHelpFormatter)
         evaluate.add_argument("recipe", nargs="?", help="evaluation recipe YAML (see recipes/evaluate/)")
         evaluate.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. model_name_or_path=runs/x")
-        evaluate.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+        add_common_arguments(evaluate)
     tokenizer = commands.add_parser("tokenizer", help="train a tokenizer on a corpus")
     add_tokenizer_arguments(tokenizer)
-    tokenizer.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    add_common_arguments(tokenizer)
     from sslnlp.hub import add_push_arguments
 
+    report = commands.add_parser("report", help="an HTML page and PNG charts of one or more runs (loss, learning "
+                                 "rate, throughput, probe scores), overlaid")
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="output directories of sslnlp pretrain runs")
+    report.add_argument("--output", default=None, help="where to write index.html, the PNGs and report.json (default: "
+                        "RUN_DIR/report for one run, ./report for several)")
+    report.add_argument("--label", action="append", default=None, help="a legend name per run, in order (default: "
+                        "the directory names)")
+    report.add_argument("--results", action="append", default=[], help="results.json of sslnlp probe / finetune "
+                        "(default: found beside each run)")
+    report.add_argument("--title", default=None)
+    add_common_arguments(report)
     push = commands.add_parser("push", help="push a finished run (model, tokenizer, metrics, model card) to the Hub")
     add_push_arguments(push)
-    push.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    add_common_arguments(push)
     return parser
 
 
@@ -70,13 +90,28 @@ def run_pretrain(args: argparse.Namespace) -> None:
     pretrain(load_config(PretrainConfig, recipe, overrides))
 
 
+def run_report(args: argparse.Namespace) -> None:
+    from sslnlp.console import logger
+    from sslnlp.report import write_report
+
+    if args.label and len(args.label) != len(args.run_dirs):
+        raise ValueError(f"--label given {len(args.label)} times for {len(args.run_dirs)} runs; give one per run or none")
+    page = write_report(args.run_dirs, args.output, labels=args.label, results=args.results, title=args.title)
+    logger.info(f"report: {page}")
+
+
 def main(argv: list[str] | None = None) -> None:
     from sslnlp.checkpoint import __name__ as _  # noqa: F401  (fail early if the package is broken)
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = make_parser()
     args = parser.parse_args(argv)
-    debug = args.debug or os.environ.get("SSLNLP_DEBUG") == "1"
+    from sslnlp.console import set_up_console
+
+    quiet, verbose = getattr(args, "quiet", False), getattr(args, "verbose", False)
+    if quiet and verbose:
+        parser.error("--quiet and --verbose exclude each other")
+    set_up_console("quiet" if quiet else "verbose" if verbose else "normal")
+    debug = getattr(args, "debug", False) or os.environ.get("SSLNLP_DEBUG") == "1"
     from sslnlp.tokenizer import run_tokenizer_command
 
     from sslnlp.runtime import TrainingError
@@ -86,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     from sslnlp.finetuning import run_finetune_command
     from sslnlp.probing import run_probe_command
 
-    commands = {"pretrain": run_pretrain, "tokenizer": run_tokenizer_command, "push": run_push_command,
+    commands = {"pretrain": run_pretrain, "tokenizer": run_tokenizer_command, "push": run_push_command, "report": run_report,
                 "probe": run_probe_command, "finetune": run_finetune_command}
     try:
         commands[args.command](args)

@@ -1,8 +1,8 @@
 """Fine-tune a checkpoint on labelled tasks, next to the same architecture with random weights (the floor).
 
-    sslnlp finetune recipes/evaluate/probe-wordnet.yaml finetune.seeds=[0]  # CPU: minutes
+    sslnlp finetune recipes/evaluate/sst2.yaml finetune.seeds=[0]  # CPU: minutes
     ACCELERATE_USE_CPU=1 accelerate launch --config_file recipes/accelerate/cpu-2proc.yaml --multi_gpu \
-        -m sslnlp finetune recipes/evaluate/probe-wordnet.yaml
+        -m sslnlp finetune recipes/evaluate/sst2.yaml
 
 AutoModelForSequenceClassification from the checkpoint, one fixed protocol for every task (AdamW, linear warmup and
 decay, a few epochs; Cramming's "GLUE-sane" spirit: no per-task search), several seeds, median and min-max reported;

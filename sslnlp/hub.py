@@ -32,6 +32,7 @@ from pathlib import Path
 
 from sslnlp.card import (
     CHECKPOINT_IN_REPO,
+    LOSS_CHART,
     format_number,
     is_generated_card,
     read_json,
@@ -275,6 +276,8 @@ def _card(snapshot: Path, output_dir: Path, repo_id: str, *, summary: dict | Non
         temporary = output_dir / ".README.md.tmp"
         temporary.write_text(text, encoding="utf-8")
         os.replace(temporary, local)
+        if (snapshot / LOSS_CHART).is_file():  # the chart the card embeds
+            shutil.copy2(snapshot / LOSS_CHART, output_dir / LOSS_CHART)
     except OSError as error:  # the local copy is a convenience
         logger.info("could not keep the model card in %s (%s)", local, error)
 
@@ -488,8 +491,8 @@ class HubSync:
         _remove_if_empty(self.output_dir / STAGING_DIR)
         for outcome in outcomes:
             if outcome["ok"]:
-                self.accelerator.print(f"hub: pushed {outcome['message']!r} to {self.options.hub_model_id} "
-                                       f"({outcome['commit_url']})")
+                logger.info("hub: pushed %r to %s (%s)", outcome["message"], self.options.hub_model_id,
+                            outcome["commit_url"])
             elif outcome["status"] != "superseded":
                 logger.warning("hub: %r was NOT pushed to %s: %s", outcome["message"], self.options.hub_model_id,
                                outcome["error"])

@@ -1,10 +1,10 @@
 """Linear probe of a checkpoint's frozen features on labelled tasks, next to the same architecture with random
 weights (the floor).
 
-    sslnlp probe recipes/evaluate/probe-wordnet.yaml                        # CPU: minutes
+    sslnlp probe recipes/evaluate/sst2.yaml                        # CPU: minutes
     sslnlp probe model_name_or_path=bert-base-uncased "tasks=[sst2, rte]" output_dir=runs/eval-bert   # network
     ACCELERATE_USE_CPU=1 accelerate launch --config_file recipes/accelerate/cpu-2proc.yaml --multi_gpu \
-        -m sslnlp probe recipes/evaluate/probe-wordnet.yaml
+        -m sslnlp probe recipes/evaluate/sst2.yaml
 
 Features (first-token, mean or last-token pooling of one hidden layer; features.py) are computed once per split with
 the encoder frozen, kept (on disk too), standardized with the training statistics; a multinomial logistic regression

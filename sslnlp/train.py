@@ -29,6 +29,7 @@ import yaml
 
 from sslnlp.checkpoint import find_latest_checkpoint, load_checkpoint, resolve_resume, save_checkpoint
 from sslnlp.config import PretrainConfig, to_dict
+from sslnlp.console import Progress, run_log, set_up_console, without_tied_weight_warnings
 from sslnlp.corpus import CorpusError, HoldoutCorpus, ShuffledCorpus, load_corpus
 from sslnlp.hub import HubSync
 from sslnlp.modeling import build_model_config, peak_flops_per_second
@@ -269,7 +270,7 @@ def set_up(config: PretrainConfig) -> Run:
         check_resume(run.loop.get("provenance"), provenance, resume)
         train_stream.load_state_dict(rank_state["data"])
         collator.load_state_dict({"generator": torch.tensor(rank_state["collator"], dtype=torch.uint8)} if rank_state["collator"] else {})
-        accelerator.print(f"resumed from {resume} at step {run.loop['step']}")
+        say(run, f"resumed from {resume} at step {run.loop['step']}")
     run.loop["provenance"] = provenance  # kept in every checkpoint: a resume compares against it
     if training.report_to:
         accelerator.init_trackers("sslnlp", config={k: v for k, v in flatten(to_dict(config)).items()
@@ -334,8 +335,9 @@ def skip_nonfinite_step(run: Run) -> None:
     loop, training = run.loop, run.config.training
     loop["nonfinite_steps"] = loop.get("nonfinite_steps", 0) + 1
     run.consecutive_bad += 1
-    run.accelerator.print(f"step {loop['step'] + 1}: non-finite loss or gradient, step skipped "
-                          f"({loop['nonfinite_steps']} so far, {run.consecutive_bad} in a row)")
+    if run.accelerator.is_main_process:
+        logger.warning(f"step {loop['step'] + 1}: non-finite loss or gradient, step skipped "
+                       f"({loop['nonfinite_steps']} so far, {run.consecutive_bad} in a row)")
     if run.consecutive_bad >= training.max_consecutive_nonfinite_steps:
         raise TrainingError(f"{run.consecutive_bad} consecutive steps had a non-finite loss or gradient (step "
                             f"{loop['step'] + 1}); lower training.learning_rate or use bf16 instead of fp16; "
@@ -439,8 +441,9 @@ def save(run: Run) -> None:
     rank_state = {"data": run.train_stream.state_dict(),
                   "collator": run.collator.state_dict().get("generator", torch.zeros(0)).tolist()}
     try:
-        checkpoint = save_checkpoint(run.accelerator, run.output_dir, run.loop["step"], dict(run.loop), rank_state,
-                                     run.config.training.save_total_limit)
+        with without_tied_weight_warnings():
+            checkpoint = save_checkpoint(run.accelerator, run.output_dir, run.loop["step"], dict(run.loop), rank_state,
+                                         run.config.training.save_total_limit)
     except OSError as error:
         previous = find_latest_checkpoint(run.output_dir)
         raise TrainingError(f"cannot write the checkpoint of step {run.loop['step']} under {run.output_dir}/checkpoints "
@@ -472,27 +475,42 @@ def finish(run: Run) -> dict:
         (run.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     for callback in run.callbacks:  # after the last collective: only rank 0 waits on the network
         callback.on_end(run, summary)
-    accelerator.print(json.dumps(summary))
+    say(run, finished_line(summary))
     return summary
+
+
+def finished_line(summary: dict) -> str:
+    """The run's result in one line (summary.json has everything)."""
+    parts = [f"done: {summary['steps']:,} steps, {summary['tokens']:,} tokens in {summary['train_runtime'] / 60:.1f} min "
+             f"({summary['tokens_per_second']:,.0f} tokens/s"
+             + (f", MFU {100 * summary['model_flops_utilization']:.1f}%)" if summary.get("model_flops_utilization") else ")")]
+    if summary.get("eval_loss") is not None:
+        parts.append(f"held-out loss {summary['eval_loss']:.4f}")
+    parts.append(f"model and summary.json in {summary['output_dir']}")
+    return "; ".join(parts)
 
 
 def stop_early(run: Run) -> dict:
     """Stopped by SIGTERM / SIGINT: the checkpoint is saved; say how to resume."""
-    run.accelerator.print(f"stopped by a signal at step {run.loop['step']}; the checkpoint is saved. Resume with: "
-                          f"sslnlp pretrain <recipe> output_dir={run.output_dir} training.resume_from_checkpoint=auto")
+    if run.accelerator.is_main_process:
+        logger.warning(f"stopped by a signal at step {run.loop['step']}; the checkpoint is saved. Resume with: "
+                       f"sslnlp pretrain <recipe> output_dir={run.output_dir} training.resume_from_checkpoint=auto")
     for callback in run.callbacks:
         callback.on_stop(run)
     return {"steps": run.loop["step"], "tokens": run.loop["tokens"], "preempted": True, "output_dir": str(run.output_dir)}
 
 
-def progress_bar(run: Run):
-    from tqdm.auto import tqdm
+def progress_bar(run: Run) -> Progress:
+    """Steps, or seconds for a wall-clock budget (so the ETA is right)."""
+    return Progress(total=run.budget_steps or run.config.training.max_time,
+                    initial=run.loop["step"] if run.budget_steps else run.loop["elapsed"],
+                    unit="step" if run.budget_steps else "s", main_process=run.accelerator.is_main_process)
 
-    time_bar = not run.budget_steps  # a wall-clock budget: the bar counts seconds, so its ETA is right
-    return tqdm(total=run.budget_steps or run.config.training.max_time,
-                initial=run.loop["step"] if run.budget_steps else run.loop["elapsed"], unit="step" if run.budget_steps else "s",
-                disable=not run.accelerator.is_local_main_process or os.environ.get("TQDM_DISABLE") == "1",
-                desc="pretrain", dynamic_ncols=True)
+
+def say(run: Run, text: str) -> None:
+    """One line on the console (and in train.log), from the main process."""
+    if run.accelerator.is_main_process:
+        logger.info(text)
 
 
 # ------------------------------------------------------------------------------------------------ callbacks
@@ -524,9 +542,9 @@ class ProbeCallback(Callback):
                              self.task, ProbeOptions(pooling=self.evaluation.probe_pooling),
                              max_seq_length=run.config.data.max_seq_length, accelerator=accelerator)
         metric, score = result["metric"], result["test"][result["metric"]]  # "test": the task's reported split
-        run.metrics.write({"step": step, "probe_task": self.task.name, "probe_metric": metric, "probe_split": result["split"],
+        run.metrics.write({"step": step, "tokens": run.loop["tokens"], "elapsed": run.loop["elapsed"], "probe_task": self.task.name, "probe_metric": metric, "probe_split": result["split"],
                            f"probe_{metric}": score, "probe_seconds": result["seconds"]})
-        accelerator.print(f"step {step}: probe {self.task.name} ({result['split']}) {metric}={score:.4f}")
+        say(run, f"step {step}: probe {self.task.name} ({result['split']}) {metric}={score:.4f}")
 
 
 class HubCallback(Callback):
@@ -562,15 +580,23 @@ def pretrain(config: PretrainConfig) -> dict:
         tokens_per_second and output_dir. The final model and tokenizer are in ``config.output_dir``.
     """
     config.check()
+    set_up_console()
+    with run_log(config.output_dir, main_process=int(os.environ.get("RANK", "0")) == 0):
+        return train_run(config)
+
+
+def train_run(config: PretrainConfig) -> dict:
+    """pretrain's loop (the run log attached)."""
     run = set_up(config)
     run.callbacks = [ProbeCallback(config)] if config.evaluation.probe_task else []
     if config.hub.push_to_hub:  # no-op otherwise; pushes from rank 0's thread
         run.callbacks.append(HubCallback(HubSync(config.hub, run.accelerator, run.output_dir)))
     evaluation, training = config.evaluation, config.training
-    bar, batches = progress_bar(run), iter(run.train_stream)
+    batches = iter(run.train_stream)
     run.model.train()
-    with PreemptionFlag() as preemption:
-        while run.progress() < 1.0:
+    preempted = False
+    with PreemptionFlag() as preemption, progress_bar(run) as bar:
+        while run.progress() < 1.0 and not preempted:
             step = train_step(run, batches, preemption)
             advance(run, step)
             bar.update(round(step["seconds"], 3) if not run.budget_steps else 1)
@@ -579,18 +605,15 @@ def pretrain(config: PretrainConfig) -> dict:
                 log_window(run, step["learning_rate"], bar)
             if run.eval_batches and ((evaluation.eval_steps and run.loop["step"] % evaluation.eval_steps == 0) or done):
                 run.last_eval = {"step": run.loop["step"], **evaluate(run)}
-                run.metrics.write(run.last_eval)
-                run.accelerator.print(f"step {run.loop['step']}: " + ", ".join(
+                run.metrics.write({**run.last_eval, "tokens": run.loop["tokens"], "elapsed": run.loop["elapsed"]})
+                say(run, f"step {run.loop['step']}: " + ", ".join(
                     f"{k}={v:.4g}" for k, v in run.last_eval.items() if k != "step"))
             for callback in run.callbacks:
                 callback.on_step_end(run, done)
-            if (training.save_steps and run.loop["step"] % training.save_steps == 0) or done or step["preempted"]:
+            preempted = step["preempted"]
+            if (training.save_steps and run.loop["step"] % training.save_steps == 0) or done or preempted:
                 save(run)
-            if step["preempted"]:
-                bar.close()
-                return stop_early(run)
-    bar.close()
-    return finish(run)
+    return stop_early(run) if preempted else finish(run)
 
 
 def flatten(values: dict, prefix: str = "") -> dict:

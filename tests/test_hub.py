@@ -157,8 +157,10 @@ def test_push_command_sends_byte_identical_files_that_load(finished_run, hub, tm
     assert {"model.safetensors", "config.json", "tokenizer.json", "metrics.jsonl", "README.md"} <= set(local)
     checkpoint = find_latest_checkpoint(finished_run)
     local.update({f"last-checkpoint/{p.name}": p.read_bytes() for p in checkpoint.iterdir() if p.is_file()})
-    assert set(stored) == set(local)
+    assert set(stored) == set(local) | {"loss.png"}  # and the loss chart the card embeds (kept in the run too)
     assert all(stored[name] == content for name, content in local.items())  # byte-identical, card included
+    assert stored["loss.png"] == (finished_run / "loss.png").read_bytes() and stored["loss.png"].startswith(b"\x89PNG")
+    assert "![Training and held-out loss against tokens](loss.png)" in stored["README.md"].decode()
     assert hashlib.sha256(local["model.safetensors"]).hexdigest() in hub.lfs_objects  # went through the LFS path
 
     downloaded = hub.write_repo("me/tiny", tmp_path / "from-hub", revision="v1")
@@ -260,7 +262,7 @@ def test_hub_token_is_used_for_real_pushes_and_written_nowhere(corpus_file, word
                                                    "End of training: step 6, 1,536 tokens"]
     assert any(r["authorization"] == f"Bearer {secret}" for r in hub.requests)  # the token was really used
     assert "model.safetensors" in pushed and "last-checkpoint/loop_state.json" in pushed
-    assert secret not in result.stdout + result.stderr and "hub: pushed" in result.stdout
+    assert secret not in result.stdout + result.stderr and "hub: pushed" in result.stderr
     for name, content in pushed.items():
         assert secret.encode() not in content, name
     run_files = [path for path in (tmp_path / "run").rglob("*") if path.is_file()]

@@ -176,3 +176,121 @@ def test_cpu_launch_config_starts_two_processes():
     assert values["num_processes"] == 2
     assert values["use_cpu"] is True
     assert values["mixed_precision"] == "no"
+
+
+# ----------------------------------------------------------------------------------- recipes for a fresh machine
+
+USER_RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
+DATA_SUFFIXES = (".jsonl", ".json", ".txt", ".csv", ".tsv", ".parquet", ".gz", ".xz", ".bz2", ".zst", ".arrow")
+OUTPUT_KEYS = {"output_dir", "model_name_or_path", "logging_dir", "hub_model_id"}  # what a recipe writes or reads back
+
+
+def local_paths(values, key: str = "") -> list[tuple[str, str]]:
+    """(key, value) of every string in a recipe that names a local file or folder rather than a Hub repository."""
+    if isinstance(values, dict):
+        return [found for k, v in values.items() for found in local_paths(v, f"{key}.{k}" if key else str(k))]
+    if isinstance(values, list):
+        return [found for item in values for found in local_paths(item, key)]
+    if isinstance(values, str) and (values.startswith(("/", "~", "./", "../")) or values.lower().endswith(DATA_SUFFIXES)
+                                    or "*" in values):
+        return [(key, values)]
+    return []
+
+
+@pytest.mark.parametrize("recipe", USER_RECIPES, ids=lambda path: str(path.relative_to(ROOT / "recipes")))
+def test_user_recipes_read_nothing_outside_the_package_and_data(recipe):
+    """A recipe the README points users to runs on a machine with only the package and network: its corpus is a
+    built-in source or a Hub dataset, its tasks come from the Hub or data/; the team's ../shared/corpora stays in
+    benchmarks/."""
+    values = yaml.safe_load(recipe.read_text()) or {}
+    for key, value in local_paths(values):
+        if key.split(".")[-1] in OUTPUT_KEYS or key in ("output_dir", "main_training_function"):
+            assert value.startswith("runs/") or not value.startswith(("/", "..")), f"{recipe.name}: {key}={value}"
+            continue
+        assert value.startswith("data/"), (f"{recipe.relative_to(ROOT)}: {key}={value!r} is a local path outside "
+                                           "the package and data/; stream a Hub dataset or move the recipe to benchmarks/")
+
+
+def test_readme_points_users_to_recipes_that_exist_and_marks_the_team_local_ones():
+    readme = (ROOT / "README.md").read_text()
+    for mentioned in set(re.findall(r"(?<![\w/])recipes/[\w./-]+\.yaml", readme)):
+        assert (ROOT / mentioned).is_file(), f"README points to {mentioned}, which does not exist"
+    for recipe in (ROOT / "benchmarks" / "recipes").rglob("*.yaml"):
+        assert recipe.read_text().startswith("# TEAM-LOCAL"), f"{recipe} must say it reads the team's local corpora"
+
+
+def hub_stand_ins() -> dict[str, dict[str, bytes]]:
+    """Small stand-ins, in the Hub's layout (README configs + Parquet), for the datasets the CPU recipes stream:
+    WikiText-103 (a paragraph or heading per record, blank lines between) and GLUE SST-2 (hidden test labels: -1)."""
+    import io
+    import random
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import textgen
+
+    def parquet(rows):
+        buffer = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(rows), buffer)
+        return buffer.getvalue()
+
+    def card(config, splits):
+        files = "".join(f"  - split: {s}\n    path: {config}/{s}-*\n" for s in splits)
+        return f"---\nconfigs:\n- config_name: {config}\n  data_files:\n{files}---\n# stand-in\n".encode()
+
+    def wikitext(seed, count):
+        rows = []
+        for index, paragraph in enumerate(textgen.documents(count, seed=seed)):
+            rows += ([{"text": ""}, {"text": f" = Article {index} = \n"}] if index % 10 == 0 else []) + \
+                    [{"text": f" {paragraph} \n"}, {"text": ""}]
+        return rows
+
+    rng = random.Random(0)
+
+    def sst2(count, hidden=False):
+        rows = []
+        for index in range(count):
+            sentence = textgen.sentence(rng).lower()
+            animal = sentence.startswith(("the cat", "a dog", "the small bird"))
+            rows.append({"sentence": sentence, "label": -1 if hidden else int(animal), "idx": index})
+        return rows
+
+    return {
+        "Salesforce/wikitext": {"README.md": card("wikitext-103-raw-v1", ["train", "validation"]),
+                                "wikitext-103-raw-v1/train-00000-of-00001.parquet": parquet(wikitext(1, 3000)),
+                                "wikitext-103-raw-v1/validation-00000-of-00001.parquet": parquet(wikitext(2, 100))},
+        "nyu-mll/glue": {"README.md": card("sst2", ["train", "validation", "test"]),
+                         "sst2/train-00000-of-00001.parquet": parquet(sst2(400)),
+                         "sst2/validation-00000-of-00001.parquet": parquet(sst2(100)),
+                         "sst2/test-00000-of-00001.parquet": parquet(sst2(100, hidden=True))},
+    }
+
+
+@pytest.mark.parametrize("recipe", ["cram-cpu", "electra-cpu"])
+def test_cpu_recipes_run_on_a_fresh_machine_from_the_hub(recipe, tmp_path):
+    """The recipe as a user runs it, with nothing on the machine but the package: the corpus streams from the Hub
+    (the local Hub server, HF_ENDPOINT), the tokenizer is trained on it, the held-out split and the SST-2 probe come
+    from the Hub too. Only the budget and the tokenizer's size are cut down."""
+    import json
+    import subprocess
+    import sys
+
+    from hub_server import HubServer
+
+    with HubServer() as hub:
+        for repo, files in hub_stand_ins().items():
+            hub.add_dataset(repo, files)
+        environment = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0",
+                       "HF_HOME": str(tmp_path / "hf-home"), "OMP_NUM_THREADS": "1"}
+        result = subprocess.run(
+            [sys.executable, "-m", "sslnlp", "pretrain", f"recipes/{recipe}.yaml", f"output_dir={tmp_path / 'run'}",
+             "training.max_time=0", "training.max_steps=4", "tokenizer.vocab_size=512", "tokenizer.training_documents=500"],
+            cwd=ROOT, env=environment, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        fetched = {r["path"].split("/resolve/")[-1].split("/", 1)[-1] for r in hub.requests if "/resolve/" in r["path"]}
+    assert {"wikitext-103-raw-v1/train-00000-of-00001.parquet", "wikitext-103-raw-v1/validation-00000-of-00001.parquet",
+            "sst2/train-00000-of-00001.parquet", "sst2/validation-00000-of-00001.parquet"} <= fetched
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["eval_loss"] > 0
+    probes = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if "probe_task" in line]
+    assert [(p["probe_task"], p["probe_split"]) for p in probes] == [("sst2", "validation")]

@@ -98,7 +98,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(corpus_file, wordpiece_dir
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr[-3000:]
-    assert "stopped by a signal at step" in stdout and "training.resume_from_checkpoint=auto" in stdout
+    assert "stopped by a signal at step" in stderr and "training.resume_from_checkpoint=auto" in stderr
     checkpoint = find_latest_checkpoint(output)
     step = json.loads((checkpoint / "loop_state.json").read_text())["step"]
     assert step >= 5 and checkpoint.name == f"checkpoint-{step:08d}"
@@ -116,7 +116,7 @@ def test_nonfinite_steps_are_skipped_counted_and_bounded(corpus_file, wordpiece_
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "nan" / "summary.json").read_text())
     assert summary["nonfinite_steps"] == 2 and summary["steps"] == 12
-    assert "step 4: non-finite loss or gradient, step skipped (1 so far, 1 in a row)" in result.stdout
+    assert "step 4: non-finite loss or gradient, step skipped (1 so far, 1 in a row)" in result.stderr
     weights = load_file(tmp_path / "nan" / "model.safetensors")
     assert all(torch.isfinite(w).all() for w in weights.values())
     records = [json.loads(line) for line in open(tmp_path / "nan" / "metrics.jsonl")]
