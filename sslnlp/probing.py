@@ -85,6 +85,23 @@ def fit_ridge_regression(features: torch.Tensor, targets: torch.Tensor, l2: floa
     return weight.float(), offset.float()
 
 
+def task_labels(task: LabelledTask, splits) -> dict[str, torch.Tensor]:
+    """The labels of each split (class ids, or floats for regression)."""
+    dtype = torch.float32 if task.problem_type == "regression" else torch.long
+    return {split: torch.tensor([e.label for e in getattr(task, split)], dtype=dtype) for split in splits}
+
+
+def embedding_scores(features: dict[str, torch.Tensor], task: LabelledTask) -> dict:
+    """What the embedding space shows without a fitted probe (geometry.py): the kNN score (k chosen on validation)
+    and alignment / uniformity of the reported split."""
+    from sslnlp.geometry import geometry, knn_score
+
+    labels = task_labels(task, features)
+    classification = task.problem_type != "regression"
+    return {"knn": knn_score(features, labels, task.metrics, task.num_labels if classification else None),
+            "geometry": geometry(features["test"], labels["test"] if classification else None)}
+
+
 def linear_probe(features: dict[str, torch.Tensor], task: LabelledTask, options: ProbeOptions) -> dict:
     """Fit the probe for every L2 strength, select on validation, score test.
 
@@ -99,8 +116,7 @@ def linear_probe(features: dict[str, torch.Tensor], task: LabelledTask, options:
     scale = features["train"].std(0).clamp(min=1e-6)
     standardized = {split: (values - mean) / scale for split, values in features.items()}
     regression = task.problem_type == "regression"
-    labels = {split: torch.tensor([e.label for e in getattr(task, split)],
-                                  dtype=torch.float32 if regression else torch.long) for split in standardized}
+    labels = task_labels(task, standardized)
     metric = task.metrics[0]
 
     def predict(parameters, split):
@@ -190,6 +206,7 @@ def probe_model(model, tokenizer, task, options: ProbeOptions | None = None, max
 
     Returns:
         ``{"metric", "split", "l2", "train" | "validation" | "test": {metric: value}, "grid", "feature_size",
+        "knn": {"k", "validation", "test", "grid"}, "geometry": {"alignment", "uniformity", "examples"},
         "seconds"}``; ``result["test"][result["metric"]]`` is the headline score.
     """
     from sslnlp.modeling import usable_positions
@@ -219,8 +236,10 @@ def probe_model(model, tokenizer, task, options: ProbeOptions | None = None, max
             os.replace(temporary, features_path)
     if options.select_layer:
         result = select_layer(features, task, options)
+        features = {split: values[:, result["layer"]] for split, values in features.items()}
     else:
         result = linear_probe(features, task, options)
+    result |= embedding_scores(features, task)  # of the probed (or chosen) layer
     result["seconds"] = time.perf_counter() - start
     return result
 
@@ -278,8 +297,11 @@ def probe(config: EvaluateConfig) -> dict:
             row[key] = {**probe_model(model, tokenizer, task, config.probe, length, accelerator, path),
                         "world_size": accelerator.num_processes}
             layer = f"layer {row[key]['layer']} chosen on validation, " if "layer" in row[key] else ""
-            accelerator.print(f"  {weights}: {row[key]['metric']} {row[key]['test'][row[key]['metric']]:.4f} on "
-                              f"{task.report_split} ({layer}l2={row[key]['l2']:g}, {row[key]['seconds']:.1f} s)")
+            metric, knn, shape = row[key]["metric"], row[key]["knn"], row[key]["geometry"]
+            accelerator.print(f"  {weights}: {metric} {row[key]['test'][metric]:.4f} on {task.report_split} ({layer}"
+                              f"l2={row[key]['l2']:g}, {row[key]['seconds']:.1f} s); kNN {knn['test'][metric]:.4f} "
+                              f"(k={knn['k']}); uniformity {shape['uniformity']:.3f}"
+                              + (f", alignment {shape['alignment']:.3f}" if shape["alignment"] is not None else ""))
         rows[task.name] = row
     return record_results(config, accelerator, rows)
 

@@ -259,7 +259,11 @@ def _scores(run: RunRecords) -> tuple[str, str]:
         for metric in row.get("metrics", []):
             if "probe" in row:
                 floor = row.get("random_probe", {}).get("test", {}).get(metric)
-                probe.append(f"{task} {metric} {_percent(row['probe']['test'][metric])} (floor {_percent(floor)})")
+                text = f"{task} {metric} {_percent(row['probe']['test'][metric])} (floor {_percent(floor)})"
+                if "knn" in row["probe"]:
+                    knn_floor = row.get("random_probe", {}).get("knn", {}).get("test", {}).get(metric)
+                    text += f", kNN {_percent(row['probe']['knn']['test'][metric])} (floor {_percent(knn_floor)})"
+                probe.append(text)
             if "finetune" in row:
                 ft, floor = row["finetune"], row.get("random_finetune", {}).get("median", {}).get(metric)
                 finetune.append(f"{task} {metric} {_percent(ft['median'][metric])} ({_percent(ft['min'][metric])}-"

@@ -1,6 +1,7 @@
 """The results table of a checkpoint: OUTPUT_DIR/results.json (merged across probe and fine-tune runs into the same
-output_dir) and results.md, one row per task and metric: probe | random-weights probe | fine-tune median (min-max) |
-random-weights fine-tune, scores x 100.
+output_dir) and results.md, one row per task and metric: probe | random-weights probe | kNN | random-weights kNN |
+fine-tune median (min-max) | random-weights fine-tune, scores x 100; then the embedding geometry (alignment /
+uniformity) of the probed models.
 
 It sits below probing.py, finetuning.py, train.py and the model card (card.py renders the same table) and imports
 none of them.
@@ -52,14 +53,17 @@ def results_markdown(results: dict, references: dict | None = None) -> str:
         references: optional ``{task: {label: score}}`` printed under the table (known baselines).
     """
     lines = [f"Results for `{results['model_name_or_path']}` (scores x 100; fine-tune: median of seeds, (min-max))",
-             "", "| task | metric | split | probe | random-weights probe | fine-tune median (min-max) | "
-                 "random-weights fine-tune |", "|---|---|---|---:|---:|---:|---:|"]
+             "", "| task | metric | split | probe | random-weights probe | kNN | random-weights kNN | "
+                 "fine-tune median (min-max) | random-weights fine-tune |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for name, row in results["tasks"].items():
         for metric in row["metrics"]:
             cells = []
             for key in ("probe", "random_probe"):
                 layer = f" (layer {row[key]['layer']})" if key in row and "layer" in row[key] else ""
                 cells.append(_percent(row[key]["test"][metric]) + layer if key in row else "–")
+            for key in ("probe", "random_probe"):
+                knn = row.get(key, {}).get("knn")
+                cells.append(f"{_percent(knn['test'][metric])} (k={knn['k']})" if knn else "–")
             if "finetune" in row:
                 summary = row["finetune"]
                 cells.append(f"{_percent(summary['median'][metric])} ({_percent(summary['min'][metric])}-"
@@ -68,6 +72,20 @@ def results_markdown(results: dict, references: dict | None = None) -> str:
                 cells.append("–")
             cells.append(_percent(row["random_finetune"]["median"][metric]) if "random_finetune" in row else "–")
             lines.append(f"| {name} | {metric} | {row['split']} | " + " | ".join(cells) + " |")
+    geometry = [(name, row) for name, row in results["tasks"].items()
+                if any("geometry" in row.get(key, {}) for key in ("probe", "random_probe"))]
+    if geometry:
+        lines += ["", "Embedding geometry of the reported split (L2-normalised; lower is better for both; Wang & Isola "
+                      "2020): alignment over same-label pairs, uniformity over all pairs", "",
+                  "| task | alignment | random-weights alignment | uniformity | random-weights uniformity |",
+                  "|---|---:|---:|---:|---:|"]
+        for name, row in geometry:
+            cells = []
+            for measure in ("alignment", "uniformity"):
+                for key in ("probe", "random_probe"):
+                    value = row.get(key, {}).get("geometry", {}).get(measure)
+                    cells.append("–" if value is None else f"{value:.3f}")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     for task, known in (references or {}).items():
         lines.append("")
         lines.append(f"Known references for {task}: " + "; ".join(f"{label} {_percent(score)}"

@@ -44,6 +44,28 @@ def make_accelerator(**options):
         return Accelerator(**options)
 
 
+def check_launch() -> None:
+    """Refuse, before anything is written, a launch whose processes each believe they are alone: the launcher
+    (torchrun, accelerate launch) started WORLD_SIZE processes but Accelerate set up fewer (a CPU launch without
+    ACCELERATE_USE_CPU=1, a GPU launch on a machine without GPUs): every process would train the whole model on the
+    whole data and write the same run directory."""
+    import os
+
+    launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if launched <= 1:
+        return
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # as AcceleratorState would set it up
+    if state.num_processes != launched:
+        raise TrainingError(
+            f"this process was launched as rank {os.environ.get('RANK', '?')} of WORLD_SIZE={launched}, but Accelerate "
+            f"set up {state.num_processes} process(es) ({state.distributed_type}): each would train alone and write the "
+            "same run; on CPUs launch with ACCELERATE_USE_CPU=1 and --multi_gpu (recipes/accelerate/cpu-2proc.yaml), on "
+            "GPUs check that every process sees one")
+
+
 def use_deterministic_algorithms() -> None:
     """Deterministic kernels for this process (torch's switch, cuDNN without autotuning, a fixed cuBLAS workspace:
     set before the first matmul creates the cuBLAS handle). On GPUs, scatter/index-add backward (embeddings) and

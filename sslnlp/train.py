@@ -40,6 +40,7 @@ from sslnlp.runtime import (
     MetricsLog,
     PreemptionFlag,
     TrainingError,
+    check_launch,
     ensure_writable,
     keep_freed_memory,
     learning_rate_multiplier,
@@ -581,6 +582,7 @@ def pretrain(config: PretrainConfig) -> dict:
     """
     config.check()
     set_up_console()
+    check_launch()  # before run_log or set_up write anything
     with run_log(config.output_dir, main_process=int(os.environ.get("RANK", "0")) == 0):
         return train_run(config)
 

@@ -247,8 +247,17 @@ def test_probe_beats_random_twin_where_it_can_and_writes_the_table(pretrained, t
     assert set(results["tasks"]["verb"]["probe"]["test"]) == {"pearson", "spearman"}
     assert results["tasks"]["verb"]["probe"]["test"]["pearson"] > 0.3  # ridge on the features finds the verb
     table = (output / "results.md").read_text()
-    assert "| task | metric | split | probe | random-weights probe | fine-tune median (min-max) | random-weights fine-tune |" in table
-    assert f"| order | accuracy | test (10% of train) | {100 * pretrained_score:.1f} | {100 * random_score:.1f} | – | – |" in table
+    assert ("| task | metric | split | probe | random-weights probe | kNN | random-weights kNN | fine-tune median "
+            "(min-max) | random-weights fine-tune |") in table
+    knn, random_knn = order["probe"]["knn"], order["random_probe"]["knn"]
+    assert (f"| order | accuracy | test (10% of train) | {100 * pretrained_score:.1f} | {100 * random_score:.1f} | "
+            f"{100 * knn['test']['accuracy']:.1f} (k={knn['k']}) | {100 * random_knn['test']['accuracy']:.1f} "
+            f"(k={random_knn['k']}) | – | – |") in table
+    assert knn["k"] in (1, 5, 10, 20, 50) and [g["k"] for g in knn["grid"]] == [1, 5, 10, 20, 50]
+    for scores in (order["probe"], order["random_probe"]):
+        assert -4.0 <= scores["geometry"]["uniformity"] < 0 and 0 <= scores["geometry"]["alignment"] <= 4
+    assert results["tasks"]["verb"]["probe"]["geometry"]["alignment"] is None  # regression: no same-label pairs
+    assert "| order | " in table.split("Embedding geometry")[1]
     assert len(list((output / "features").glob("*.pt"))) == 6  # 3 tasks x (pretrained, random)
 
     # the second run reads the cached features and gives the same numbers
@@ -343,7 +352,7 @@ def test_finetune_end_to_end_saves_a_loadable_model_and_fills_the_table(pretrain
 
     table = (output / "results.md").read_text()
     median, low, high = (100 * summary[k]["accuracy"] for k in ("median", "min", "max"))
-    assert f"| animacy | accuracy | test (10% of train) | – | – | {median:.1f} ({low:.1f}-{high:.1f}) | " in table
+    assert f"| animacy | accuracy | test (10% of train) | – | – | – | – | {median:.1f} ({low:.1f}-{high:.1f}) | " in table
 
 
 LAUNCH_SCRIPT = """

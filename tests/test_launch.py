@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -70,3 +71,23 @@ def test_loss_curve_matches_one_process_run(two_and_one_process_runs):
         assert abs(mean_two - mean_one) < 0.2, (start, mean_two, mean_one)
     assert abs(summary_two["eval_loss"] - summary_one["eval_loss"]) < 0.05
     assert curve_two[-1] < curve_two[0] and summary_two["eval_loss"] < curve_two[0]
+
+
+def test_a_launch_whose_processes_each_think_they_are_alone_is_refused_before_any_write(corpus_file, wordpiece_dir,
+                                                                                         tmp_path):
+    """The footgun of recipes/accelerate/cpu-2proc.yaml: --multi_gpu without ACCELERATE_USE_CPU=1 on a machine
+    without GPUs starts 2 processes that each set up a 1-process run on the same output_dir. Both now stop before
+    writing anything, saying what to set."""
+    output_dir = tmp_path / "run"
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    environment.pop("ACCELERATE_USE_CPU", None)
+    result = subprocess.run([ACCELERATE, "launch", "--config_file", str(LAUNCH_CONFIG), "--multi_gpu", "-m", "sslnlp",
+                             "pretrain", *tiny_overrides(output_dir, wordpiece_dir, steps=5, **{"data.train_files": corpus_file})],
+                            cwd=REPO, env=environment, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    # the two processes write to one stderr: their lines can interleave, so search the text rather than lines
+    ranks = re.findall(r"sslnlp: error: this process was launched as rank (\d) of WORLD_SIZE=2, but Accelerate set "
+                       r"up 1 process\(es\) \(DistributedType.NO\): each would train alone and write the same run; on "
+                       r"CPUs launch with ACCELERATE_USE_CPU=1", result.stderr)
+    assert sorted(ranks) == ["0", "1"], result.stderr[-3000:]
+    assert not output_dir.exists()  # not even config.yaml or train.log
