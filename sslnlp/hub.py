@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 STRATEGIES = ("end", "every_save", "checkpoint")
 STAGING_DIR = "hub-staging"  # under output_dir: snapshots waiting for (or being) uploaded
 # Top-level files of a run that are published: weights, configs, tokenizer files, metrics, results, recipe.
+PUBLISHED_FOLDERS = ("generator", "1_Pooling")  # subfolders an objective's export writes, pushed with the model
 PUBLISHED_SUFFIXES = (".safetensors", ".json", ".jsonl", ".txt", ".model", ".yaml", ".md", ".jinja")
 LINK_AT_LEAST_BYTES = 16 * 2**20  # big files (weights) are hard-linked into snapshots, small ones copied
 MAX_RETRY_DELAY = 300.0
@@ -91,6 +92,10 @@ def snapshot_run(output_dir: str | Path, destination: str | Path, checkpoint: st
     for path in published_files(output_dir) + list(extra_files or []):
         if not (destination / path.name).exists():
             _place(path, destination / path.name, immutable=False)
+    for folder in PUBLISHED_FOLDERS:  # exports beside the model: ELECTRA's generator, sentence-transformers pooling
+        for path in sorted((Path(output_dir) / folder).rglob("*")) if (Path(output_dir) / folder).is_dir() else []:
+            if path.is_file() and not path.name.startswith("."):
+                _place(path, destination / path.relative_to(output_dir), immutable=False)
     if checkpoint is not None:
         checkpoint = Path(checkpoint)
         for path in sorted(checkpoint.rglob("*")):

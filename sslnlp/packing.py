@@ -41,12 +41,18 @@ class BlockLayout:
         suffix: ids at the end of every block ([SEP] for encoders).
         separator: id placed after every document ([SEP] for encoders, EOS for decoders).
         word_starts: also carry word starts (whole-word and span masking need them).
+        segment_tokens: 0 packs documents into full blocks; > 0 cuts each document into segments of at most this
+            many tokens instead, one padded row each (with an attention mask), never crossing a document boundary:
+            what contrastive objectives need, a view being one piece of text.
+        min_segment_tokens: segments shorter than this (a document's tail) are dropped.
     """
 
     prefix: tuple[int, ...]
     suffix: tuple[int, ...]
     separator: int
     word_starts: bool = False
+    segment_tokens: int = 0
+    min_segment_tokens: int = 1
 
     @classmethod
     def encoder(cls, tokenizer, word_starts: bool = False) -> "BlockLayout":
@@ -56,6 +62,12 @@ class BlockLayout:
         if start is None or end is None:
             raise ValueError("encoder packing needs a tokenizer with cls/sep (or bos/eos) tokens")
         return cls((start,), (end,), end, word_starts)
+
+    @classmethod
+    def segments(cls, tokenizer, segment_tokens: int, min_segment_tokens: int = 1) -> "BlockLayout":
+        """[CLS] segment [SEP] rows: each document cut into segments of at most ``segment_tokens`` tokens."""
+        packed = cls.encoder(tokenizer)
+        return cls(packed.prefix, packed.suffix, packed.separator, False, segment_tokens, min_segment_tokens)
 
     @classmethod
     def decoder(cls, tokenizer) -> "BlockLayout":
@@ -120,6 +132,42 @@ class BlockPacker:
     def load_state(self, state: dict) -> None:
         self.carry_ids = np.asarray(state["carry_ids"], dtype=np.int32)
         self.carry_starts = np.asarray(state["carry_starts"], dtype=bool)
+
+
+class SegmentPacker:
+    """Cuts each document into consecutive segments of at most ``segment_tokens`` tokens (the tail kept when it has
+    ``min_segment_tokens``), one row per segment: prefix + segment + suffix, right-padded to ``max_seq_length``, with
+    an attention mask. Nothing carries over between documents, so the state is empty."""
+
+    def __init__(self, max_seq_length: int, prefix: list[int], suffix: list[int], pad_token_id: int,
+                 segment_tokens: int, min_segment_tokens: int):
+        self.max_seq_length = max_seq_length
+        self.prefix = np.asarray(prefix, dtype=np.int32)
+        self.suffix = np.asarray(suffix, dtype=np.int32)
+        self.segment_tokens = min(segment_tokens, max_seq_length - len(prefix) - len(suffix))
+        if self.segment_tokens < 1:
+            raise ValueError(f"max_seq_length={max_seq_length} leaves no room for a segment between the special tokens")
+        self.min_segment_tokens = max(1, min_segment_tokens)
+        self.pad_token_id = pad_token_id
+
+    def add(self, documents_ids: list[list[int]]):
+        """Rows (input_ids [n, L] int32, attention_mask [n, L] bool) of the documents' segments, in order."""
+        pieces = [ids[start: start + self.segment_tokens] for ids in documents_ids
+                  for start in range(0, len(ids), self.segment_tokens)]
+        pieces = [piece for piece in pieces if len(piece) >= self.min_segment_tokens]
+        rows = np.full((len(pieces), self.max_seq_length), self.pad_token_id, dtype=np.int32)
+        attention = np.zeros((len(pieces), self.max_seq_length), dtype=bool)
+        for row, piece in enumerate(pieces):
+            values = np.concatenate([self.prefix, np.asarray(piece, dtype=np.int32), self.suffix])
+            rows[row, : len(values)] = values
+            attention[row, : len(values)] = True
+        return rows, attention
+
+    def state(self) -> dict:
+        return {}
+
+    def load_state(self, state: dict) -> None:
+        pass
 
 
 def packing_backend(tokenizer):
@@ -196,7 +244,11 @@ class PackedBlocks(torch.utils.data.IterableDataset):
 
     def iter_shard(self, shard: int, state: dict | None = None) -> Iterator[dict]:
         """Chunks of one shard, resuming after ``state`` (a ``chunk['state']`` seen earlier) when given."""
-        packer = BlockPacker(self.max_seq_length, self.prefix, self.suffix, self.separator, self.with_word_starts)
+        if self.layout.segment_tokens:
+            packer = SegmentPacker(self.max_seq_length, self.prefix, self.suffix, self.pad_token_id,
+                                   self.layout.segment_tokens, self.layout.min_segment_tokens)
+        else:
+            packer = BlockPacker(self.max_seq_length, self.prefix, self.suffix, self.separator, self.with_word_starts)
         epoch, position = 0, None
         if state:
             epoch, position = state["epoch"], state["position"]
@@ -215,12 +267,15 @@ class PackedBlocks(torch.utils.data.IterableDataset):
                 encodings = self.backend.encode_batch_fast([text for text, _ in batch], add_special_tokens=False) \
                     if not self.with_word_starts else \
                     self.backend.encode_batch([text for text, _ in batch], add_special_tokens=False)
-                starts = [word_starts_of(e) for e in encodings] if self.with_word_starts else None
-                blocks, block_starts = packer.add([e.ids for e in encodings], starts)
-                chunk = {"input_ids": blocks, "shard": shard,
-                         "state": {"epoch": epoch, "position": position, "packer": packer.state()}}
-                if block_starts is not None:
-                    chunk["word_starts"] = block_starts
+                chunk = {"shard": shard}
+                if self.layout.segment_tokens:
+                    chunk["input_ids"], chunk["attention_mask"] = packer.add([e.ids for e in encodings])
+                else:
+                    starts = [word_starts_of(e) for e in encodings] if self.with_word_starts else None
+                    chunk["input_ids"], block_starts = packer.add([e.ids for e in encodings], starts)
+                    if block_starts is not None:
+                        chunk["word_starts"] = block_starts
+                chunk["state"] = {"epoch": epoch, "position": position, "packer": packer.state()}
                 yield chunk
             if not self.repeat:
                 break
@@ -231,7 +286,7 @@ class PackedBlocks(torch.utils.data.IterableDataset):
                 raise CorpusError(f"corpus {self.corpus.name} ran out after one epoch and cannot be read again; pass a "
                                   "list, files or a function returning a generator, or lower the training budget")
             epoch, position = epoch + 1, None
-        if len(packer.carry_ids):  # finite pass: the last partial block, padded, so no token is dropped
+        if not self.layout.segment_tokens and len(packer.carry_ids):  # finite pass: the last partial block, padded
             length = len(packer.carry_ids)
             block = np.full((1, self.max_seq_length), self.pad_token_id, dtype=np.int32)
             row = np.concatenate([packer.prefix, packer.carry_ids, packer.suffix])
@@ -278,6 +333,8 @@ class BlockStream:
         self.drop_last = drop_last
         self.prefetch_factor = prefetch_factor
         self.rng = np.random.default_rng([seed, dataset.rank])
+        # segments (padded rows) are batched with others of about their length, so padding stays small
+        self.bucket_by_length = bool(dataset.layout.segment_tokens)
         self.buffer: list[dict] = []  # one entry per block: {"input_ids": [L], ...}
         self.shard_states: dict[int, dict] = {}
         self.chunks_consumed = 0
@@ -310,7 +367,9 @@ class BlockStream:
             if not self.buffer or (exhausted and self.drop_last and len(self.buffer) < self.batch_size):
                 return
             take = min(self.batch_size, len(self.buffer))
-            if self.shuffle_buffer_size:
+            if self.shuffle_buffer_size and self.bucket_by_length:
+                picked = self._similar_lengths(take)
+            elif self.shuffle_buffer_size:
                 picked = []
                 for _ in range(take):  # swap-remove a random block: O(1) per block
                     index = int(self.rng.integers(len(self.buffer)))
@@ -325,6 +384,17 @@ class BlockStream:
             batch = {key: torch.from_numpy(np.stack([block[key] for block in picked])) for key in picked[0]}
             batch["input_ids"] = batch["input_ids"].long()
             yield self._collate(batch)
+
+    def _similar_lengths(self, take: int) -> list[dict]:
+        """``take`` blocks of the buffer: a random one and those closest to its length (ties broken at random)."""
+        lengths = np.fromiter((int(block["attention_mask"].sum()) for block in self.buffer), dtype=np.int64,
+                              count=len(self.buffer))
+        anchor = int(self.rng.integers(len(self.buffer)))
+        order = np.lexsort((self.rng.random(len(self.buffer)), np.abs(lengths - lengths[anchor])))[:take]
+        chosen = set(order.tolist())
+        picked = [self.buffer[index] for index in order]
+        self.buffer = [block for index, block in enumerate(self.buffer) if index not in chosen]
+        return picked
 
     def _collate(self, batch: dict) -> dict:
         if self.collate is None:

@@ -14,7 +14,7 @@ from sslnlp.objectives.base import (
     objective_names,
     register_objective,
 )
-from sslnlp.objectives import clm, electra, mlm  # noqa: E402,F401  (registers the built-ins)
+from sslnlp.objectives import clm, electra, mlm, simcse  # noqa: E402,F401  (registers the built-ins)
 
 __all__ = ["OBJECTIVES", "Objective", "ObjectiveLoss", "build_objective", "get_objective", "objective_names",
            "register_objective"]

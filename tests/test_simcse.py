@@ -1,0 +1,128 @@
+"""Unsupervised SimCSE (objective.name=simcse): segments as views, dropout as the only difference between the two
+views, the loss falls, the global batch under the real 2-process launcher, exact resume, continuing from an MLM run,
+the joint MLM + contrastive objective, and the sentence-transformers export."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ACCELERATE, tiny_overrides
+
+from sslnlp.config import PretrainConfig, load_config
+from sslnlp.train import pretrain
+
+REPO = Path(__file__).resolve().parents[1]
+SIMCSE = {"objective.name": "simcse", "data.max_seq_length": 64, "training.learning_rate": "1e-3",
+          "model.config_overrides": "{hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, "
+                                    "intermediate_size: 64, max_position_embeddings: 64}"}
+
+
+def run(output_dir, tokenizer_dir, corpus_file, steps, **extra):
+    return pretrain(load_config(PretrainConfig, None, tiny_overrides(output_dir, tokenizer_dir, steps=steps, **{
+        "data.train_files": corpus_file, **SIMCSE, **extra})))
+
+
+def test_segments_are_pieces_of_one_document_and_batches_have_similar_lengths(wordpiece_tokenizer, documents):
+    from sslnlp.corpus import load_corpus
+    from sslnlp.objectives.simcse import SegmentCollator
+    from sslnlp.packing import BlockLayout, BlockStream, PackedBlocks
+
+    texts = documents[:40]
+    layout = BlockLayout.segments(wordpiece_tokenizer, 12, 4)
+    blocks = PackedBlocks(load_corpus(texts), wordpiece_tokenizer, 64, layout=layout, repeat=False)
+    rows = [row for chunk in blocks.iter_shard(0) for row in zip(chunk["input_ids"], chunk["attention_mask"])]
+    whole = [wordpiece_tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    expected = [ids[start: start + 12] for ids in whole for start in range(0, len(ids), 12) if len(ids[start: start + 12]) >= 4]
+    cls, sep = wordpiece_tokenizer.cls_token_id, wordpiece_tokenizer.sep_token_id
+    assert [list(ids[mask][1:-1]) for ids, mask in rows] == expected  # in order, none crossing a document
+    assert all(ids[mask][0] == cls and ids[mask][-1] == sep and not mask[int(mask.sum()):].any() for ids, mask in rows)
+    stream = BlockStream(PackedBlocks(load_corpus(texts), wordpiece_tokenizer, 64, layout=layout), 8, SegmentCollator(),
+                         shuffle_buffer_size=256, seed=0)
+    batches = [batch for batch, _ in zip(stream, range(20))]
+    assert all(b["input_ids"].shape[1] <= 16 for b in batches)  # trimmed to the longest (12 + 2, rounded to 8)
+    spreads = [int(b["attention_mask"].sum(1).max() - b["attention_mask"].sum(1).min()) for b in batches]
+    assert sorted(spreads)[len(spreads) // 2] <= 2  # bucketed: most batches hold segments of about one length
+
+
+def test_the_two_views_differ_by_dropout_only(wordpiece_tokenizer):
+    from sslnlp.config import ModelConfig
+    from sslnlp.modeling import build_model_config
+    from sslnlp.objectives.simcse import SimCSE, SimCSEConfig
+
+    options = ModelConfig(model_type="bert", config_overrides={"hidden_size": 32, "num_hidden_layers": 2,
+                                                                "num_attention_heads": 2, "intermediate_size": 64})
+    batch = {"input_ids": torch.randint(5, len(wordpiece_tokenizer), (6, 10)), "attention_mask": torch.ones(6, 10, dtype=torch.long)}
+    for dropout, mode, same in ((0.0, "train", True), (0.1, "train", False), (0.1, "eval", True)):
+        torch.manual_seed(0)
+        objective = SimCSE(SimCSEConfig(dropout=dropout), options)
+        model = objective.build_model(build_model_config(options, wordpiece_tokenizer, 16))
+        model.train(mode == "train")
+        out = model(**batch)
+        assert torch.equal(out["view_1"], out["view_2"]) == same, (dropout, mode)
+        assert model.model.config.hidden_dropout_prob == dropout == model.model.config.attention_probs_dropout_prob
+
+
+def test_loss_falls_resume_is_exact_and_sentence_transformers_load_the_export(corpus_file, wordpiece_dir, tmp_path):
+    full = run(tmp_path / "full", wordpiece_dir, corpus_file, 30, **{"training.save_steps": 10, "training.logging_steps": 5,
+                                                                      "training.save_total_limit": 5})
+    losses = [r["loss"] for r in map(json.loads, open(tmp_path / "full" / "metrics.jsonl")) if "loss" in r]
+    assert losses[-1] < 0.5 * losses[0] and full["eval_contrastive_accuracy"] > 0.9
+    (tmp_path / "resumed" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(tmp_path / "full" / "checkpoints" / "checkpoint-00000010",
+                    tmp_path / "resumed" / "checkpoints" / "checkpoint-00000010")
+    run(tmp_path / "resumed", wordpiece_dir, corpus_file, 30, **{"training.save_steps": 10, "training.logging_steps": 5,
+                                                                  "training.resume_from_checkpoint": "auto"})
+    assert (tmp_path / "full" / "model.safetensors").read_bytes() == (tmp_path / "resumed" / "model.safetensors").read_bytes()
+
+    sentence_transformers = pytest.importorskip("sentence_transformers")
+    from transformers import AutoModel, AutoTokenizer
+
+    from sslnlp.features import pool
+
+    texts = ["The cat sees the red ball.", "A tired farmer builds a wooden house near the station.", "Hello"]
+    encoded = torch.tensor(sentence_transformers.SentenceTransformer(str(tmp_path / "full"), device="cpu").encode(texts))
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "full")
+    model = AutoModel.from_pretrained(tmp_path / "full").eval()
+    inputs = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ours = pool(model(**inputs).last_hidden_state, inputs["attention_mask"], "mean")
+    torch.testing.assert_close(encoded, ours, rtol=1e-5, atol=1e-6)
+
+
+def test_the_contrastive_loss_sees_the_global_batch_under_two_processes(tmp_path):
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    result = subprocess.run([ACCELERATE, "launch", "--config_file", str(REPO / "recipes" / "accelerate" / "cpu-2proc.yaml"),
+                             "--multi_gpu", str(REPO / "tests" / "simcse_gather_check.py"), str(tmp_path / "out.json")],
+                            cwd=REPO, env=environment, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    measured = json.loads((tmp_path / "out.json").read_text())
+    assert measured["world"] == 2 and measured["gradient"] > 0
+    assert measured["gathered"] == pytest.approx(measured["one_process"], rel=1e-5)  # 8 segments, 4 per rank
+    assert measured["local_only"] < 0.8 * measured["one_process"]  # 3 negatives instead of 7: an easier task
+
+
+def test_simcse_continues_an_mlm_run_and_the_joint_objective_trains_both(corpus_file, wordpiece_dir, tmp_path):
+    from transformers import pipeline
+
+    pretrain(load_config(PretrainConfig, None, tiny_overrides(tmp_path / "mlm", wordpiece_dir, steps=10, **{
+        "data.train_files": corpus_file, "data.max_seq_length": 64, "model.config_overrides": SIMCSE["model.config_overrides"]})))
+    continued = run(tmp_path / "simcse", wordpiece_dir, corpus_file, 10, **{
+        "model.model_name_or_path": str(tmp_path / "mlm"), "model.config_overrides": "{}",
+        "tokenizer.tokenizer_name_or_path": str(tmp_path / "mlm")})
+    assert continued["steps"] == 10
+    joint = run(tmp_path / "joint", wordpiece_dir, corpus_file, 20, **{"objective.mlm_weight": 1.0,
+                                                                         "objective.contrastive_weight": 0.1,
+                                                                         "training.logging_steps": 5})
+    records = [json.loads(line) for line in open(tmp_path / "joint" / "metrics.jsonl")]
+    windows = [r for r in records if "loss" in r]
+    assert windows[-1]["mlm_loss"] < windows[0]["mlm_loss"] and windows[-1]["contrastive_loss"] < windows[0]["contrastive_loss"]
+    assert windows[0]["loss"] == pytest.approx(windows[0]["mlm_loss"] + 0.1 * windows[0]["contrastive_loss"], rel=1e-6)
+    assert "eval_mlm_accuracy" in joint and "eval_contrastive_accuracy" in joint
+    fill = pipeline("fill-mask", model=str(tmp_path / "joint"))  # the joint export keeps its masked-LM head
+    assert len(fill(f"The cat sees the {fill.tokenizer.mask_token}.")) == 5
+    assert (tmp_path / "joint" / "1_Pooling" / "config.json").is_file()
