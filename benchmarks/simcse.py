@@ -31,24 +31,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from cram import LOCAL_DATA, charts, evaluate, percent  # noqa: E402
+from cram import charts, evaluate, percent  # noqa: E402
+from electra import train as train_recipe  # noqa: E402
 
 
 def train(recipe: str, output_dir: Path, budget: float, tokenizer_dir: str, extra: list[str]) -> dict:
-    """One arm's training run (skipped when a finished one is there: an interrupted invocation goes on)."""
-    import json
-
-    from sslnlp.config import PretrainConfig, load_config
-    from sslnlp.train import pretrain
-
-    if (output_dir / "summary.json").exists():
-        return json.loads((output_dir / "summary.json").read_text())
-    overrides = [f"output_dir={output_dir}", f"training.max_time={budget}", *LOCAL_DATA,
-                 f"tokenizer.tokenizer_name_or_path={tokenizer_dir}", *extra]
-    config = load_config(PretrainConfig, ROOT / "recipes" / recipe, overrides)
-    config.evaluation.probe_task = {}  # scored below with the evaluation recipe, floors included
+    """One arm's training run (benchmarks/electra.py's: local data, shared tokenizer, a finished run is reused)."""
     started = time.perf_counter()
-    summary = pretrain(config)
+    summary = train_recipe(recipe, output_dir, budget, tokenizer_dir, extra)
     print(f"{recipe} -> {output_dir}: {summary['steps']} steps, {summary['tokens'] / 1e6:.2f}M tokens in "
           f"{summary['train_runtime']:.0f} s (wall {time.perf_counter() - started:.0f} s); held-out loss "
           f"{summary.get('eval_loss', float('nan')):.4f}", flush=True)

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import yaml
 
+from sslnlp.results import percent
+
 #: Keys of a training-window record that have charts of their own (the rest are the objective's metrics).
 CORE_KEYS = {"step", "loss", "learning_rate", "tokens", "tokens_per_second", "model_flops_utilization",
              "data_wait_fraction", "elapsed", "nonfinite_steps"}
@@ -95,13 +97,14 @@ def read_run(run_dir: str | Path, label: str | None = None, results: list[str | 
     if not metrics.is_file():
         raise ReportError(f"{run_dir}: no metrics.jsonl; give the output_dir of an sslnlp pretrain run")
     train, evaluations, probes = [], [], []
-    for number, line in enumerate(metrics.read_text().splitlines(), 1):
+    lines = metrics.read_text().splitlines()
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            if number == len(metrics.read_text().splitlines()):
+            if number == len(lines):
                 continue  # the last line of a killed run can be cut short
             raise ReportError(f"{metrics}:{number}: not a JSON record; remove the line or rewrite the file") from None
         if not isinstance(record, dict) or "step" not in record:
@@ -163,7 +166,7 @@ def chart_series(run: RunRecords) -> dict[str, dict[str, list]]:
     charts = {
         "loss_tokens": {"training loss": _xy(run.train, "tokens", "loss"),
                         "held-out loss": _xy(evaluations, "tokens", "eval_loss")},
-        "loss_time": {"training loss": _xy([{**r, "elapsed": r["elapsed"]} for r in run.train], "elapsed", "loss", minutes),
+        "loss_time": {"training loss": _xy(run.train, "elapsed", "loss", minutes),
                       "held-out loss": _xy(evaluations, "elapsed", "eval_loss", minutes)},
         "learning_rate": {"learning rate": _xy(run.train, "step", "learning_rate")},
         "throughput": {"tokens/s": _xy(run.train, "step", "tokens_per_second"),
@@ -240,10 +243,6 @@ def _figure(chart: str, runs: list[RunRecords], runs_series: list[dict], colours
     return figure
 
 
-def _percent(value) -> str:
-    return "–" if value is None else f"{100 * value:.1f}"
-
-
 def _number(value, digits: int = 4) -> str:
     if value is None:
         return "–"
@@ -259,19 +258,19 @@ def _scores(run: RunRecords) -> tuple[str, str]:
         for metric in row.get("metrics", []):
             if "probe" in row:
                 floor = row.get("random_probe", {}).get("test", {}).get(metric)
-                text = f"{task} {metric} {_percent(row['probe']['test'][metric])} (floor {_percent(floor)})"
+                text = f"{task} {metric} {percent(row['probe']['test'][metric])} (floor {percent(floor)})"
                 if "knn" in row["probe"]:
                     knn_floor = row.get("random_probe", {}).get("knn", {}).get("test", {}).get(metric)
-                    text += f", kNN {_percent(row['probe']['knn']['test'][metric])} (floor {_percent(knn_floor)})"
+                    text += f", kNN {percent(row['probe']['knn']['test'][metric])} (floor {percent(knn_floor)})"
                 probe.append(text)
             if "finetune" in row:
                 ft, floor = row["finetune"], row.get("random_finetune", {}).get("median", {}).get(metric)
-                finetune.append(f"{task} {metric} {_percent(ft['median'][metric])} ({_percent(ft['min'][metric])}-"
-                                f"{_percent(ft['max'][metric])}; floor {_percent(floor)})")
+                finetune.append(f"{task} {metric} {percent(ft['median'][metric])} ({percent(ft['min'][metric])}-"
+                                f"{percent(ft['max'][metric])}; floor {percent(floor)})")
     if not probe and run.probes:
         last = run.probes[-1]
         metric = last.get("probe_metric", "score")
-        probe.append(f"{last.get('probe_task', '')} {metric} {_percent(last.get(f'probe_{metric}'))} "
+        probe.append(f"{last.get('probe_task', '')} {metric} {percent(last.get(f'probe_{metric}'))} "
                      f"(step {last['step']}, no floor: run sslnlp probe)")
     return "; ".join(probe) or "–", "; ".join(finetune) or "–"
 

@@ -41,7 +41,8 @@ def update_results(output_dir: str | Path, model_name_or_path: str, rows: dict) 
     return results
 
 
-def _percent(value: float | None) -> str:
+def percent(value: float | None) -> str:
+    """A score x 100 with one decimal ('–' for none)."""
     return "–" if value is None else f"{100 * value:.1f}"
 
 
@@ -60,17 +61,17 @@ def results_markdown(results: dict, references: dict | None = None) -> str:
             cells = []
             for key in ("probe", "random_probe"):
                 layer = f" (layer {row[key]['layer']})" if key in row and "layer" in row[key] else ""
-                cells.append(_percent(row[key]["test"][metric]) + layer if key in row else "–")
+                cells.append(percent(row[key]["test"][metric]) + layer if key in row else "–")
             for key in ("probe", "random_probe"):
                 knn = row.get(key, {}).get("knn")
-                cells.append(f"{_percent(knn['test'][metric])} (k={knn['k']})" if knn else "–")
+                cells.append(f"{percent(knn['test'][metric])} (k={knn['k']})" if knn else "–")
             if "finetune" in row:
                 summary = row["finetune"]
-                cells.append(f"{_percent(summary['median'][metric])} ({_percent(summary['min'][metric])}-"
-                             f"{_percent(summary['max'][metric])})")
+                cells.append(f"{percent(summary['median'][metric])} ({percent(summary['min'][metric])}-"
+                             f"{percent(summary['max'][metric])})")
             else:
                 cells.append("–")
-            cells.append(_percent(row["random_finetune"]["median"][metric]) if "random_finetune" in row else "–")
+            cells.append(percent(row["random_finetune"]["median"][metric]) if "random_finetune" in row else "–")
             lines.append(f"| {name} | {metric} | {row['split']} | " + " | ".join(cells) + " |")
     geometry = [(name, row) for name, row in results["tasks"].items()
                 if any("geometry" in row.get(key, {}) for key in ("probe", "random_probe"))]
@@ -88,7 +89,7 @@ def results_markdown(results: dict, references: dict | None = None) -> str:
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     for task, known in (references or {}).items():
         lines.append("")
-        lines.append(f"Known references for {task}: " + "; ".join(f"{label} {_percent(score)}"
+        lines.append(f"Known references for {task}: " + "; ".join(f"{label} {percent(score)}"
                                                                    for label, score in known.items()))
     return "\n".join(lines) + "\n"
 

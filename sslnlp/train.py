@@ -82,15 +82,19 @@ def training_and_validation_corpora(data):
     return train, validation
 
 
+def trains_tokenizer(config: PretrainConfig, output_dir: Path) -> bool:
+    """True when this run trains its tokenizer: none configured, no checkpoint's, none saved by an earlier run."""
+    return not (config.tokenizer.tokenizer_name_or_path or config.model.model_name_or_path
+                or (output_dir / "tokenizer" / "tokenizer.json").is_file())
+
+
 def check_one_shot(config: PretrainConfig, train_corpus, output_dir: Path, resume: Path | None) -> None:
     """A one-shot generator can be read once: refuse, before any work, a run that would need to read it again."""
     if train_corpus.reiterable:
         return
-    data, tokenizer = config.data, config.tokenizer
+    data = config.data
     passes = {
-        "to train the tokenizer (or give tokenizer.tokenizer_name_or_path)":
-            not (tokenizer.tokenizer_name_or_path or config.model.model_name_or_path
-                 or (output_dir / "tokenizer" / "tokenizer.json").is_file()),
+        "to train the tokenizer (or give tokenizer.tokenizer_name_or_path)": trains_tokenizer(config, output_dir),
         "for the validation hold-out (or give data.validation_files, or data.validation_holdout_every=0)":
             bool(data.validation_holdout_every and not data.validation_files),
         f"to resume from {resume}": resume is not None,
@@ -110,7 +114,7 @@ def prepare_tokenizer(config: PretrainConfig, objective: Objective, corpus, acce
     if config.model.model_name_or_path:
         return load_tokenizer(config.model.model_name_or_path, trust_remote_code=config.model.trust_remote_code)
     saved = output_dir / "tokenizer"
-    if accelerator.is_main_process and not (saved / "tokenizer.json").is_file():
+    if accelerator.is_main_process and trains_tokenizer(config, output_dir):
         logger.info("training a %s tokenizer (vocabulary %d) on up to %d documents", options.kind, options.vocab_size,
                     options.training_documents)
         partial = output_dir / "tokenizer.partial"  # renamed into place whole: a kill never leaves half a tokenizer

@@ -105,18 +105,7 @@ class HubServer:
                 return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
             def _reply(self, status: int, payload=None, headers: dict | None = None) -> None:
-                body = json.dumps(payload if payload is not None else {}).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", (headers or {}).pop("Content-Type", "application/json"))
-                for key, value in (headers or {}).items():
-                    self.send_header(key, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-                with hub.lock:
-                    hub.requests.append({"method": self.command, "path": urlsplit(self.path).path, "status": status,
-                                         "user_agent": self.headers.get("User-Agent", ""),
-                                         "authorization": self.headers.get("Authorization", "")})
+                hub._send(self, False, status, payload if payload is not None else {}, headers=headers)
 
             def do_GET(self):
                 self._body()
@@ -246,7 +235,7 @@ class HubServer:
         self._send(handler, head, 206 if ranged else 200, content[first: last + 1], headers=headers)
 
     def _send(self, handler, head: bool, status: int, payload, error_code: str = "", headers: dict | None = None) -> None:
-        """Answer a GET (body) or HEAD (headers only); payload is bytes or JSON data."""
+        """Answer a request (``head``: headers only, for HEAD); payload is bytes or JSON data; every answer is logged."""
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         handler.send_response(status)
         headers = {"Content-Type": "application/octet-stream" if isinstance(payload, bytes) else "application/json",
