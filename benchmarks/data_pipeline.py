@@ -10,11 +10,16 @@ tokens, trained once on the corpus and cached under /tmp, or --tokenizer DIR) an
 
   A  sslnlp:    load_corpus -> PackedBlocks(encoder layout, repeat=False) -> BlockStream(32, MLM collator)
   B  reference: load_dataset('json') -> map(tokenize) -> map(group_texts) -> DataLoader(DataCollatorForLanguageModeling)
+  P  prepared:  sslnlp prepare once (not timed here) -> PreparedBlocks(repeat=False) -> BlockStream(32, MLM collator):
+                what a training process does with data.train_files=PREPARED_DIR (no tokenization at train time)
 
 Runs alternate A B A B (the machine is shared, so neighbours slow whichever run they overlap); each line gives wall-clock
 tokens/s and tokens per CPU-second (less sensitive to neighbours). Tokens are the non-padding tokens of the collated
 batches. The extras (--extras, on by default) add A with the training default shuffle buffer (2048 blocks) and B with
 streaming=True. The reference gets a fresh datasets cache per run, so no run reuses an earlier run's Arrow files.
+The prepared part (--prepared, on by default) also times `sslnlp prepare` itself with 1 and with 2 tokenizer processes,
+alternated, each into a fresh directory (prepare tokens/s), checks that both wrote identical shards, and adds P to
+the alternation; its ratio lines compare P with A (the streaming path) and with B.
 The memory part (--memory, on by default) streams A over --corpus and over --memory-corpus in fresh subprocesses and
 compares their peak RSS: a stream should not grow with the size of the corpus. The last line is the median ratio.
 """
@@ -67,6 +72,57 @@ def run_sslnlp(corpus: str, tokenizer, shuffle_buffer_size: int = 0, max_tokens:
         if max_tokens and tokens >= max_tokens:
             break
     return tokens
+
+
+def run_prepared(directory: str, tokenizer, shuffle_buffer_size: int = 0, max_tokens: int = 0) -> int:
+    """One pass over prepared shards: memory-mapped blocks -> the same BlockStream and collator as A."""
+    from sslnlp.shards import PreparedBlocks, PreparedData
+
+    dataset = PreparedBlocks(PreparedData(directory).split("train"), layout=BlockLayout.encoder(tokenizer), repeat=False)
+    stream = BlockStream(dataset, batch_size=BATCH_SIZE, collate=MaskedLanguageModelingCollator.from_tokenizer(tokenizer),
+                         shuffle_buffer_size=shuffle_buffer_size)
+    tokens = 0
+    for batch in stream:
+        tokens += int((batch["input_ids"] != tokenizer.pad_token_id).sum())
+        if max_tokens and tokens >= max_tokens:
+            break
+    return tokens
+
+
+def prepare_corpus(corpus: str, tokenizer_dir: str, output: str, num_proc: int) -> dict:
+    """sslnlp prepare of the corpus for 128-token MLM blocks (no validation split); returns the manifest."""
+    from sslnlp.config import PretrainConfig, load_config
+    from sslnlp.shards import prepare
+
+    config = load_config(PretrainConfig, None, [f"data.train_files={corpus}", f"data.max_seq_length={BLOCK_LENGTH}",
+                                                f"tokenizer.tokenizer_name_or_path={tokenizer_dir}",
+                                                "data.validation_holdout_every=0"])
+    return prepare(config, output, num_proc=num_proc)
+
+
+def time_prepare(corpus: str, tokenizer_dir: str, repeats: int, workspace: str) -> str:
+    """prepare with 1 and 2 processes, alternated; prints tokens/s; returns one prepared directory."""
+    from sslnlp.shards import sha256_file
+
+    rates: dict[int, list[float]] = {1: [], 2: []}
+    digests = set()
+    for repeat in range(repeats):
+        for num_proc in (1, 2):
+            output = Path(workspace) / f"prepared-{num_proc}-{repeat}"
+            wall = time.perf_counter()
+            manifest = prepare_corpus(corpus, tokenizer_dir, str(output), num_proc)
+            wall = time.perf_counter() - wall
+            tokens = manifest["splits"]["train"]["tokens"]
+            rates[num_proc].append(tokens / wall)
+            digests.add(tuple(sha256_file(p) for p in sorted(output.glob("train/shard-*.arrow"))))
+            print(f"prepare run {repeat + 1} num_proc={num_proc} {tokens:>10,} tokens {wall:6.2f} s "
+                  f"{tokens / wall:>10,.0f} tokens/s ({len(manifest['splits']['train']['shards'])} shards)", flush=True)
+    for num_proc, values in rates.items():
+        print(f"median  prepare num_proc={num_proc} {statistics.median(values):>10,.0f} tokens/s "
+              f"(spread {min(values):,.0f}-{max(values):,.0f})")
+    print(f"ratio prepare num_proc=2 / num_proc=1: {statistics.median(rates[2]) / statistics.median(rates[1]):.2f}; "
+          f"shards identical across all prepares: {len(digests) == 1}")
+    return str(Path(workspace) / "prepared-1-0")
 
 
 def run_mlm_blocks(raw, tokenizer):
@@ -151,6 +207,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs of each pipeline, alternated")
     parser.add_argument("--extras", action=argparse.BooleanOptionalAction, default=True,
                         help="also time sslnlp with shuffle_buffer_size=2048 and the streaming reference")
+    parser.add_argument("--prepared", action=argparse.BooleanOptionalAction, default=True,
+                        help="time sslnlp prepare (1 and 2 processes) and training from its shards")
     parser.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True, help="run the memory part")
     parser.add_argument("--memory-corpus", default="../shared/corpora/train.jsonl.xz", help="the large corpus")
     parser.add_argument("--memory-tokens", type=int, default=0, help="cap each memory pass (0: whole file)")
@@ -169,8 +227,14 @@ def main() -> None:
           f"{transformers.__version__}, datasets {datasets.__version__}; corpus {args.corpus}", flush=True)
     pipelines = {"sslnlp": lambda: run_sslnlp(args.corpus, tokenizer, 0, args.tokens),
                  "reference": lambda: run_reference(args.corpus, tokenizer, False, args.tokens)}
+    workspace = tempfile.TemporaryDirectory(prefix="sslnlp-bench-prepared-")
+    if args.prepared:
+        prepared = time_prepare(args.corpus, tokenizer_dir, args.repeats, workspace.name)
+        pipelines["prepared"] = lambda: run_prepared(prepared, tokenizer, 0, args.tokens)
     if args.extras:
         pipelines["sslnlp shuffle=2048"] = lambda: run_sslnlp(args.corpus, tokenizer, 2048, args.tokens)
+        if args.prepared:
+            pipelines["prepared shuffle=2048"] = lambda: run_prepared(prepared, tokenizer, 2048, args.tokens)
         pipelines["reference streaming"] = lambda: run_reference(args.corpus, tokenizer, True, args.tokens)
     results: dict[str, list[dict]] = {name: [] for name in pipelines}
     for repeat in range(args.repeats):
@@ -194,6 +258,14 @@ def main() -> None:
         print(f"ratio sslnlp shuffle=2048 / reference tokens/s: {medians['sslnlp shuffle=2048'] / medians['reference']:.2f}")
         print(f"ratio sslnlp / reference streaming tokens/s: {medians['sslnlp'] / medians['reference streaming']:.2f}")
     print(f"ratio sslnlp/reference tokens/CPU-s: {cpu_medians['sslnlp'] / cpu_medians['reference']:.2f}")
+    if args.prepared:
+        print(f"ratio prepared / sslnlp (streaming) tokens/s: {medians['prepared'] / medians['sslnlp']:.2f} "
+              "(target: at least 10)")
+        print(f"ratio prepared / reference tokens/s: {medians['prepared'] / medians['reference']:.2f}")
+        if args.extras:
+            print(f"ratio prepared shuffle=2048 / sslnlp shuffle=2048 tokens/s: "
+                  f"{medians['prepared shuffle=2048'] / medians['sslnlp shuffle=2048']:.2f}")
+    workspace.cleanup()
     print(f"total wall time {time.perf_counter() - started:.0f} s")
     print(f"ratio sslnlp/reference tokens/s: {medians['sslnlp'] / medians['reference']:.2f}")
 

@@ -1,9 +1,10 @@
-"""Command line: `sslnlp pretrain|probe|finetune|tokenizer|push|report ...`, each a thin shell over a library function.
+"""Command line: `sslnlp pretrain|prepare|probe|finetune|tokenizer|push|report ...`, each a thin shell over a library function.
 
     sslnlp pretrain recipes/tiny-cpu.yaml output_dir=runs/tiny training.max_steps=100
     sslnlp pretrain --help                      # every config key with its default and meaning
     sslnlp probe recipes/evaluate/sst2.yaml model_name_or_path=runs/tiny-cpu
     sslnlp finetune recipes/evaluate/sst2.yaml model_name_or_path=runs/tiny-cpu
+    sslnlp prepare recipes/cram-cpu.yaml --output data/cram-prepared     # tokenize + pack once, into shards
     sslnlp tokenizer corpus.jsonl.gz --output-dir runs/tok --kind bpe --vocab-size 32000
     sslnlp report runs/tiny-cpu runs/other --output runs/comparison    # charts and a summary table, overlaid
     accelerate launch --config_file recipes/accelerate/cpu-2proc.yaml -m sslnlp pretrain recipes/tiny-cpu.yaml
@@ -58,6 +59,15 @@ def make_parser() -> argparse.ArgumentParser:
         evaluate.add_argument("recipe", nargs="?", help="evaluation recipe YAML (see recipes/evaluate/)")
         evaluate.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. model_name_or_path=runs/x")
         add_common_arguments(evaluate)
+    prepare = commands.add_parser("prepare", help="tokenize and pack a recipe's corpus once into Arrow shards "
+                                  "(train from them with data.train_files=OUTPUT)",
+                                  epilog=_config_epilog(PretrainConfig), formatter_class=argparse.RawDescriptionHelpFormatter)
+    prepare.add_argument("recipe", nargs="?", help="the pretraining recipe YAML the shards are for")
+    prepare.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. data.max_seq_length=512")
+    prepare.add_argument("--output", required=True, help="directory to write (an interrupted prepare there resumes)")
+    prepare.add_argument("--num-proc", type=int, default=None, help="tokenizer processes (default: every core)")
+    prepare.add_argument("--shard-tokens", type=int, default=None, help="tokens per shard file (default 16,777,216)")
+    add_common_arguments(prepare)
     tokenizer = commands.add_parser("tokenizer", help="train a tokenizer on a corpus")
     add_tokenizer_arguments(tokenizer)
     add_common_arguments(tokenizer)
@@ -84,10 +94,27 @@ def run_pretrain(args: argparse.Namespace) -> None:
     from sslnlp.config import PretrainConfig, load_config
     from sslnlp.train import pretrain
 
+    pretrain(load_config(PretrainConfig, *recipe_and_overrides(args)))
+
+
+def recipe_and_overrides(args: argparse.Namespace) -> tuple[str | None, list[str]]:
     recipe, overrides = args.recipe, list(args.overrides)
     if recipe is not None and "=" in recipe and not recipe.endswith((".yaml", ".yml")):
         recipe, overrides = None, [recipe] + overrides  # no recipe, only overrides
-    pretrain(load_config(PretrainConfig, recipe, overrides))
+    return recipe, overrides
+
+
+def run_prepare(args: argparse.Namespace) -> None:
+    from sslnlp.config import PretrainConfig, load_config
+    from sslnlp.console import logger
+    from sslnlp.shards import DEFAULT_SHARD_TOKENS, prepare
+
+    manifest = prepare(load_config(PretrainConfig, *recipe_and_overrides(args)), args.output, num_proc=args.num_proc,
+                       shard_tokens=args.shard_tokens or DEFAULT_SHARD_TOKENS)
+    train = manifest["splits"]["train"]
+    logger.info(f"prepared {args.output}: {train['blocks']:,} training blocks ({train['tokens']:,} tokens, "
+                f"{train['documents']:,} documents) in {len(train['shards'])} shards; train with "
+                f"data.train_files={args.output}")
 
 
 def run_report(args: argparse.Namespace) -> None:
@@ -121,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     from sslnlp.finetuning import run_finetune_command
     from sslnlp.probing import run_probe_command
 
-    commands = {"pretrain": run_pretrain, "tokenizer": run_tokenizer_command, "push": run_push_command, "report": run_report,
+    commands = {"pretrain": run_pretrain, "tokenizer": run_tokenizer_command, "push": run_push_command, "report": run_report, "prepare": run_prepare,
                 "probe": run_probe_command, "finetune": run_finetune_command}
     try:
         commands[args.command](args)

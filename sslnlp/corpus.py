@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bz2
 import csv
+import dataclasses
 import glob
 import gzip
 import io
@@ -701,3 +702,29 @@ def _hub_corpus(name: str, config_name: str | None, split: str, text_field: str)
 
     stream()  # fail now, not inside a DataLoader worker
     return IterableCorpus(stream, text_field=text_field, name=name)
+
+
+def build_corpus(data, files, split: str):
+    """The corpus for ``files`` (train_files or validation_files) with the data section's reading options."""
+    options = dict(text_field=data.text_field, document_separator=data.document_separator,
+                   on_bad_record=data.on_bad_record, max_document_bytes=data.max_document_bytes,
+                   dataset_config_name=data.dataset_config_name, split=split, seed=data.seed,
+                   shuffle_documents=data.shuffle_documents)
+    if isinstance(files, list) and data.mixture_weights:
+        return load_corpus(list(zip(files, data.mixture_weights)), **options)
+    return load_corpus(files, **options)  # a list of file names or globs reads files; other lists are documents
+
+
+def training_and_validation_corpora(data):
+    """(training corpus, validation corpus or None) of a DataConfig: the hold-out, the shuffle, the mixture."""
+    if data.validation_holdout_every and not data.validation_files:  # hold out from the stored order, then shuffle
+        stored = build_corpus(dataclasses.replace(data, shuffle_documents=False), data.train_files, data.dataset_split)
+        train = HoldoutCorpus(stored, data.validation_holdout_every, held_out=False)
+        validation = HoldoutCorpus(stored, data.validation_holdout_every, held_out=True)
+        return (ShuffledCorpus(train, seed=data.seed) if data.shuffle_documents else train), validation
+    train = build_corpus(data, data.train_files, data.dataset_split)
+    validation = None
+    if data.validation_files:  # never mixed nor shuffled: the weights and the shuffle belong to train_files
+        validation = build_corpus(dataclasses.replace(data, mixture_weights=[], shuffle_documents=False),
+                                  data.validation_files, "validation")
+    return train, validation

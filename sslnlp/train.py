@@ -30,12 +30,13 @@ import yaml
 from sslnlp.checkpoint import find_latest_checkpoint, load_checkpoint, resolve_resume, save_checkpoint
 from sslnlp.config import PretrainConfig, to_dict
 from sslnlp.console import Progress, run_log, set_up_console, without_tied_weight_warnings
-from sslnlp.corpus import CorpusError, HoldoutCorpus, ShuffledCorpus, load_corpus
+from sslnlp.corpus import CorpusError, build_corpus, training_and_validation_corpora
 from sslnlp.hub import HubSync
 from sslnlp.modeling import build_model_config, peak_flops_per_second
 from sslnlp.objectives import Objective, build_objective
 from sslnlp.packing import BlockStream, PackedBlocks
 from sslnlp.provenance import check_resume, run_provenance
+from sslnlp.shards import PreparedBlocks, PreparedData, PreparedSplit, is_prepared
 from sslnlp.runtime import (
     MetricsLog,
     PreemptionFlag,
@@ -57,29 +58,32 @@ logger = logging.getLogger(__name__)
 # ------------------------------------------------------------------------------------------------------- pieces
 
 
-def build_corpus(data, files, split: str):
-    """The corpus for ``files`` (train_files or validation_files) with the data section's reading options."""
-    options = dict(text_field=data.text_field, document_separator=data.document_separator,
-                   on_bad_record=data.on_bad_record, max_document_bytes=data.max_document_bytes,
-                   dataset_config_name=data.dataset_config_name, split=split, seed=data.seed,
-                   shuffle_documents=data.shuffle_documents)
-    if isinstance(files, list) and data.mixture_weights:
-        return load_corpus(list(zip(files, data.mixture_weights)), **options)
-    return load_corpus(files, **options)  # a list of file names or globs reads files; other lists are documents
+def training_data(data):
+    """(training source, validation source or None): corpora of text, or the splits of a prepared directory
+    (``sslnlp prepare``; its validation split unless data.validation_files names text)."""
+    if not is_prepared(data.train_files):
+        return training_and_validation_corpora(data)
+    if data.mixture_weights:
+        raise CorpusError("data.mixture_weights does not apply to a prepared directory (its mixture was fixed by "
+                          "sslnlp prepare); leave it empty")
+    prepared = PreparedData(data.train_files)
+    if data.validation_files:
+        return prepared.split("train"), build_corpus(dataclasses.replace(data, mixture_weights=[],
+                                                                          shuffle_documents=False),
+                                                     data.validation_files, "validation")
+    return prepared.split("train"), prepared.split("validation")
 
 
-def training_and_validation_corpora(data):
-    if data.validation_holdout_every and not data.validation_files:  # hold out from the stored order, then shuffle
-        stored = build_corpus(dataclasses.replace(data, shuffle_documents=False), data.train_files, data.dataset_split)
-        train = HoldoutCorpus(stored, data.validation_holdout_every, held_out=False)
-        validation = HoldoutCorpus(stored, data.validation_holdout_every, held_out=True)
-        return (ShuffledCorpus(train, seed=data.seed) if data.shuffle_documents else train), validation
-    train = build_corpus(data, data.train_files, data.dataset_split)
-    validation = None
-    if data.validation_files:  # never mixed nor shuffled: the weights and the shuffle belong to train_files
-        validation = build_corpus(dataclasses.replace(data, mixture_weights=[], shuffle_documents=False),
-                                  data.validation_files, "validation")
-    return train, validation
+def block_dataset(source, config: PretrainConfig, layout, tokenizer, *, rank: int = 0, world_size: int = 1,
+                  num_workers: int = 0, repeat: bool = True):
+    """The blocks of a source for one rank: packed on the fly from a corpus, or read from prepared shards."""
+    data = config.data
+    if isinstance(source, PreparedSplit):
+        source.data.check(tokenizer, layout, data.max_seq_length)
+        return PreparedBlocks(source, layout=layout, rank=rank, world_size=world_size, num_workers=num_workers,
+                              shuffle=data.shuffle_documents and repeat, seed=data.seed, repeat=repeat)
+    return PackedBlocks(source, tokenizer, data.max_seq_length, layout=layout, rank=rank, world_size=world_size,
+                        num_workers=num_workers, documents_per_batch=data.documents_per_batch, repeat=repeat)
 
 
 def trains_tokenizer(config: PretrainConfig, output_dir: Path) -> bool:
@@ -113,6 +117,8 @@ def prepare_tokenizer(config: PretrainConfig, objective: Objective, corpus, acce
         return load_tokenizer(options.tokenizer_name_or_path)
     if config.model.model_name_or_path:
         return load_tokenizer(config.model.model_name_or_path, trust_remote_code=config.model.trust_remote_code)
+    if isinstance(corpus, PreparedSplit):  # the tokenizer the blocks were made with
+        return load_tokenizer(str(corpus.data.tokenizer_path()))
     saved = output_dir / "tokenizer"
     if accelerator.is_main_process and trains_tokenizer(config, output_dir):
         logger.info("training a %s tokenizer (vocabulary %d) on up to %d documents", options.kind, options.vocab_size,
@@ -133,8 +139,7 @@ def evaluation_batches(config: PretrainConfig, objective: Objective, corpus, tok
     runs compare."""
     if corpus is None:
         return []
-    dataset = PackedBlocks(corpus, tokenizer, config.data.max_seq_length, layout=objective.block_layout(tokenizer),
-                           repeat=False, documents_per_batch=config.data.documents_per_batch)
+    dataset = block_dataset(corpus, config, objective.block_layout(tokenizer), tokenizer, repeat=False)
     collator = objective.build_collator(tokenizer, seed=config.evaluation.eval_seed, evaluation=config.evaluation)
     stream = BlockStream(dataset, config.evaluation.per_device_eval_batch_size, collator)
     batches, blocks = [], 0
@@ -144,7 +149,8 @@ def evaluation_batches(config: PretrainConfig, objective: Objective, corpus, tok
         if blocks >= config.evaluation.eval_blocks:
             break
     if not batches:
-        raise ValueError(f"the validation corpus {corpus.name} yields no text; is the corpus empty? Otherwise point "
+        raise ValueError(f"the validation corpus {getattr(corpus, 'name', corpus)} yields no text; is the corpus "
+                         "empty? Otherwise point "
                          "data.validation_files at held-out text or raise data.validation_holdout_every's share")
     return batches[accelerator.process_index:: accelerator.num_processes]
 
@@ -235,7 +241,7 @@ def set_up(config: PretrainConfig) -> Run:
     if training.deterministic:
         use_deterministic_algorithms()
     objective = build_objective(config.objective, config.model)
-    train_corpus, validation_corpus = training_and_validation_corpora(data)
+    train_corpus, validation_corpus = training_data(data)
     resume = resolve_resume(training.resume_from_checkpoint, output_dir)
     check_one_shot(config, train_corpus, output_dir, resume)
     tokenizer = prepare_tokenizer(config, objective, train_corpus, accelerator, output_dir)
@@ -244,9 +250,9 @@ def set_up(config: PretrainConfig) -> Run:
     set_seed(training.seed)  # the same initial weights whatever the tokenizer training consumed
     model = objective.build_model(model_config)
     collator = objective.build_collator(tokenizer, seed=training.seed + 1000 * accelerator.process_index)
-    train_blocks = PackedBlocks(train_corpus, tokenizer, data.max_seq_length, layout=objective.block_layout(tokenizer),
-                                rank=accelerator.process_index, world_size=accelerator.num_processes,
-                                num_workers=data.num_workers, documents_per_batch=data.documents_per_batch)
+    train_blocks = block_dataset(train_corpus, config, objective.block_layout(tokenizer), tokenizer,
+                                 rank=accelerator.process_index, world_size=accelerator.num_processes,
+                                 num_workers=data.num_workers)
     train_stream = BlockStream(train_blocks, training.per_device_train_batch_size, collator, num_workers=data.num_workers,
                                shuffle_buffer_size=data.shuffle_buffer_size, seed=data.seed)
     eval_batches = evaluation_batches(config, objective, validation_corpus, tokenizer, accelerator)

@@ -168,7 +168,7 @@ def test_document_shuffle_of_a_mixture_shuffles_each_source(tmp_path):
 def test_held_out_documents_come_from_the_stored_order_before_the_shuffle(tmp_path):
     from sslnlp.config import DataConfig
     from sslnlp.corpus import ShuffledCorpus
-    from sslnlp.train import training_and_validation_corpora
+    from sslnlp.corpus import training_and_validation_corpora
 
     stored = [f"document {i}" for i in range(100)]
     write_jsonl(tmp_path / "c.jsonl", stored)

@@ -1,0 +1,244 @@
+"""Pre-tokenized shards (sslnlp prepare): the blocks are the streaming path's, deterministic whatever the number of
+processes, resumable after a kill; training reads only them, resumes exactly, splits them disjointly across ranks,
+keeps memory flat, reads them from a remote (Hub) location, and refuses blocks made for another run."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import textgen
+from conftest import ACCELERATE, tiny_overrides
+
+from sslnlp.config import PretrainConfig, load_config
+from sslnlp.corpus import CorpusError, training_and_validation_corpora
+from sslnlp.packing import BlockLayout, PackedBlocks
+from sslnlp.shards import PreparedBlocks, PreparedData, prepare, sha256_file
+from sslnlp.tokenizer import load_tokenizer
+from sslnlp.train import pretrain
+
+REPO = Path(__file__).resolve().parents[1]
+ENVIRONMENT = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+
+
+def config_for(corpus, tokenizer_dir, output_dir, steps=30, **extra):
+    return load_config(PretrainConfig, None, tiny_overrides(output_dir, tokenizer_dir, steps=steps,
+                                                            **{"data.train_files": str(corpus), **extra}))
+
+
+def write_corpus(path: Path, count: int, seed: int) -> Path:
+    path.write_text("".join(json.dumps({"text": text}) + "\n" for text in textgen.documents(count, seed=seed)))
+    return path
+
+
+def shard_digests(directory: Path) -> dict[str, str]:
+    return {str(path.relative_to(directory)): sha256_file(path) for path in sorted(directory.glob("*/shard-*.arrow"))}
+
+
+def streamed_blocks(corpus, tokenizer, layout) -> tuple[np.ndarray, np.ndarray]:
+    chunks = [c for c in PackedBlocks(corpus, tokenizer, 32, layout=layout, repeat=False) if c["state"] is not None]
+    return np.concatenate([c["input_ids"] for c in chunks]), np.concatenate([c["word_starts"] for c in chunks])
+
+
+def test_prepared_blocks_are_the_streaming_blocks_whatever_the_number_of_processes(corpus_file, wordpiece_dir, tmp_path):
+    import datasets
+
+    config = config_for(corpus_file, wordpiece_dir, tmp_path / "run", **{"objective.masking": "whole_word"})
+    one = prepare(config, tmp_path / "one", num_proc=1, shard_tokens=2048)
+    two = prepare(config, tmp_path / "two", num_proc=2, shard_tokens=2048)
+    assert len(one["splits"]["train"]["shards"]) >= 4
+    assert shard_digests(tmp_path / "one") == shard_digests(tmp_path / "two")
+    assert json.loads((tmp_path / "one" / "manifest.json").read_text()) == json.loads((tmp_path / "two" / "manifest.json").read_text())
+
+    tokenizer = load_tokenizer(wordpiece_dir)
+    layout = BlockLayout.encoder(tokenizer, word_starts=True)
+    prepared = PreparedData(tmp_path / "one")
+    for name, corpus in zip(("train", "validation"), training_and_validation_corpora(config.data)):
+        split = prepared.split(name)
+        ids, starts = streamed_blocks(corpus, tokenizer, layout)  # full blocks only: the tail is dropped
+        read = split.read(0, split.blocks, with_word_starts=True)
+        assert np.array_equal(read["input_ids"], ids) and np.array_equal(read["word_starts"], starts)
+        manifest = one["splits"][name]
+        assert manifest["tokens"] == 32 * split.blocks and 0 <= manifest["tail_tokens_dropped"] < 32
+    assert one["splits"]["train"]["documents"] == 540 and one["splits"]["validation"]["documents"] == 60
+    # an ordinary datasets Arrow file: users inspect shards with the library they know
+    shard = datasets.Dataset.from_file(str(tmp_path / "one" / "train" / "shard-00000.arrow"))
+    assert shard[3]["input_ids"] == prepared.split("train").read(3, 4, False)["input_ids"][0].tolist()
+    assert (tmp_path / "one" / "tokenizer" / "tokenizer.json").is_file()
+
+
+def test_an_interrupted_prepare_resumes_into_the_same_shards(wordpiece_dir, tmp_path):
+    corpus = write_corpus(tmp_path / "big.jsonl", 6000, seed=11)
+    arguments = [sys.executable, "-m", "sslnlp", "prepare", "--output", str(tmp_path / "killed"), "--num-proc", "1",
+                 "--shard-tokens", "1024", *tiny_overrides(tmp_path / "run", wordpiece_dir, **{"data.train_files": str(corpus)})]
+    process = subprocess.Popen(arguments, cwd=REPO, env=ENVIRONMENT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    manifest_path, deadline = tmp_path / "killed" / "manifest.json", time.time() + 120
+    while time.time() < deadline:  # kill once a few shards are recorded, mid-split
+        if manifest_path.is_file() and len(json.loads(manifest_path.read_text())["splits"].get("train", {"shards": []})["shards"]) >= 5:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    interrupted = json.loads(manifest_path.read_text())
+    assert not interrupted["complete"]
+    with pytest.raises(CorpusError, match="not completely prepared .*run the same sslnlp prepare command again"):
+        pretrain(config_for(tmp_path / "killed", wordpiece_dir, tmp_path / "early"))
+    result = subprocess.run(arguments, cwd=REPO, env=ENVIRONMENT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming the interrupted prepare" in result.stderr
+    prepare(config_for(corpus, wordpiece_dir, tmp_path / "run"), tmp_path / "whole", num_proc=1, shard_tokens=1024)
+    assert shard_digests(tmp_path / "killed") == shard_digests(tmp_path / "whole")
+    assert not list((tmp_path / "killed").glob("**/*.partial"))
+    # the same command again has nothing to do; other settings are refused, not mixed in
+    again = prepare(config_for(corpus, wordpiece_dir, tmp_path / "run"), tmp_path / "killed", num_proc=1, shard_tokens=1024)
+    assert again["complete"]
+    with pytest.raises(CorpusError, match=r"prepared with other settings \(.*max_seq_length differ\); give a new --output"):
+        prepare(config_for(corpus, wordpiece_dir, tmp_path / "run", **{"data.max_seq_length": 64}), tmp_path / "killed",
+                num_proc=1, shard_tokens=1024)
+
+
+@pytest.fixture(scope="module")
+def prepared_dir(wordpiece_dir, tmp_path_factory) -> Path:
+    """A corpus prepared and then deleted: runs from these shards cannot read text."""
+    root = tmp_path_factory.mktemp("prepared")
+    corpus = write_corpus(root / "corpus.jsonl", 600, seed=1)
+    prepare(config_for(corpus, wordpiece_dir, root / "run"), root / "shards", num_proc=2, shard_tokens=2048)
+    corpus.unlink()
+    return root / "shards"
+
+
+def test_training_reads_only_the_shards_and_resumes_exactly_across_epochs(prepared_dir, wordpiece_dir, tmp_path):
+    extra = {"data.shuffle_documents": "true", "training.per_device_train_batch_size": 32, "training.save_steps": 15,
+             "training.save_total_limit": 5}
+    full = pretrain(config_for(prepared_dir, wordpiece_dir, tmp_path / "full", steps=40, **extra))
+    assert full["epochs"] >= 2 and full["eval_loss"] > 0  # ~730 training blocks, 1,280 read
+    losses = [json.loads(line)["loss"] for line in open(tmp_path / "full" / "metrics.jsonl") if '"loss"' in line]
+    assert np.mean(losses[-5:]) < 0.85 * np.mean(losses[:5])
+    (tmp_path / "resumed" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(tmp_path / "full" / "checkpoints" / "checkpoint-00000015",
+                    tmp_path / "resumed" / "checkpoints" / "checkpoint-00000015")
+    pretrain(config_for(prepared_dir, wordpiece_dir, tmp_path / "resumed", steps=40,
+                        **extra, **{"training.resume_from_checkpoint": "auto"}))
+    assert (tmp_path / "full" / "model.safetensors").read_bytes() == (tmp_path / "resumed" / "model.safetensors").read_bytes()
+
+
+def test_readers_get_disjoint_contiguous_ranges_and_shuffled_epochs(prepared_dir, wordpiece_dir):
+    tokenizer = load_tokenizer(wordpiece_dir)
+    split = PreparedData(prepared_dir).split("train")
+    layout = BlockLayout.encoder(tokenizer)
+    seen = []
+    for rank in range(2):
+        dataset = PreparedBlocks(split, layout=layout, rank=rank, world_size=2, num_workers=2, shuffle=True, seed=3)
+        for shard in dataset.shards_of_rank():
+            start, stop = dataset.block_range(shard)
+            seen.append(np.arange(start, stop))
+            first, second = dataset.chunk_order(shard, 0), dataset.chunk_order(shard, 1)
+            assert sorted(first) == sorted(second) == list(range(len(first))) and list(first) != list(second)
+    seen = np.concatenate(seen)
+    assert np.array_equal(np.sort(seen), np.arange(split.blocks))  # every block once: disjoint and complete
+
+
+def test_a_two_process_launch_splits_the_shards_between_ranks(prepared_dir, wordpiece_dir, tmp_path):
+    output_dir = tmp_path / "two"
+    arguments = [ACCELERATE, "launch", "--config_file", str(REPO / "recipes" / "accelerate" / "cpu-2proc.yaml"),
+                 "--multi_gpu", "-m", "sslnlp", "pretrain",
+                 *tiny_overrides(output_dir, wordpiece_dir, steps=12, **{"data.train_files": str(prepared_dir),
+                                                                         "training.save_steps": 12})]
+    result = subprocess.run(arguments, cwd=REPO, env={**ENVIRONMENT, "ACCELERATE_USE_CPU": "1"}, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((output_dir / "summary.json").read_text())["world_size"] == 2
+    checkpoint = output_dir / "checkpoints" / "checkpoint-00000012"
+    states = [json.loads((checkpoint / f"rank_state_{rank}.json").read_text())["data"] for rank in (0, 1)]
+    assert [sorted(state["shard_states"]) for state in states] == [["0"], ["1"]]
+    split = PreparedData(prepared_dir).split("train")
+    ranges = [PreparedBlocks(split, layout=BlockLayout.encoder(load_tokenizer(wordpiece_dir)), rank=rank,
+                             world_size=2).block_range(rank) for rank in (0, 1)]
+    assert ranges[0][1] == ranges[1][0] and ranges[1][1] == split.blocks
+    assert all(state["blocks_consumed"] >= 12 * 8 for state in states)
+
+
+def test_reading_keeps_memory_flat_in_corpus_size(wordpiece_dir, tmp_path):
+    """Every block of a 1.6M-token prepared split read in order: the process's anonymous (heap) memory grows by a small
+    fraction of the data: the shards are memory-mapped, not loaded."""
+    corpus = write_corpus(tmp_path / "corpus.jsonl", 40000, seed=5)
+    prepare(config_for(corpus, wordpiece_dir, tmp_path / "run", **{"data.max_seq_length": 128,
+                                                                   "data.validation_holdout_every": 0}),
+            tmp_path / "shards", num_proc=2, shard_tokens=2**20)
+    code = f"""
+import re, numpy as np
+from sslnlp.packing import BlockLayout
+from sslnlp.shards import PreparedBlocks, PreparedData
+from sslnlp.tokenizer import load_tokenizer
+def anonymous():
+    return int(re.search(r"Anonymous:\\s+(\\d+) kB", open("/proc/self/smaps_rollup").read()).group(1)) * 1024
+split = PreparedData({str(tmp_path / 'shards')!r}).split("train")
+dataset = PreparedBlocks(split, layout=BlockLayout.encoder(load_tokenizer({wordpiece_dir!r})), repeat=False)
+iterator = dataset.iter_shard(0)
+next(iterator)
+before, blocks = anonymous(), 0
+for chunk in iterator:
+    blocks += len(chunk["input_ids"])
+print(blocks, anonymous() - before, 4 * blocks * 128)
+"""
+    result = subprocess.run([sys.executable, "-c", code], env=ENVIRONMENT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    blocks, grown, as_int32 = map(int, result.stdout.split())
+    assert blocks * 128 > 1_500_000
+    print(grown, as_int32)
+    assert grown < 0.05 * as_int32, (grown, as_int32)
+
+
+def test_prepared_shards_stream_from_a_remote_location(prepared_dir, wordpiece_dir, tmp_path):
+    """An hf:// URL through fsspec (the local Hub server): each rank fetches the manifest, the tokenizer and its
+    shard files once into the cache; the run trains as from the local directory, to the same weights."""
+    from hub_server import HubServer
+
+    files = {str(path.relative_to(prepared_dir)): path.read_bytes() for path in prepared_dir.rglob("*") if path.is_file()}
+    local = tmp_path / "local"
+    subprocess.run([sys.executable, "-m", "sslnlp", "pretrain",
+                    *tiny_overrides(local, wordpiece_dir, steps=10, **{"data.train_files": str(prepared_dir)})],
+                   cwd=REPO, env=ENVIRONMENT, check=True, capture_output=True)
+    with HubServer() as hub:
+        hub.add_dataset("me/prepared", files)
+        environment = {**ENVIRONMENT, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf"),
+                       "SSLNLP_CACHE": str(tmp_path / "cache")}
+        overrides = tiny_overrides(tmp_path / "remote", wordpiece_dir, steps=10,
+                                   **{"data.train_files": "hf://datasets/me/prepared"})
+        overrides.remove(f"tokenizer.tokenizer_name_or_path={wordpiece_dir}")  # the prepared one is used
+        result = subprocess.run([sys.executable, "-m", "sslnlp", "pretrain", *overrides], cwd=REPO, env=environment,
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        fetched = sorted({r["path"].split("/resolve/main/")[-1] for r in hub.requests
+                          if "/resolve/" in r["path"] and r["method"] == "GET"})
+    assert "manifest.json" in fetched and "tokenizer/tokenizer.json" in fetched
+    assert any(name.startswith("train/shard-") for name in fetched)
+    assert list((tmp_path / "cache" / "prepared").glob("*/train/shard-*.arrow"))
+    assert (local / "model.safetensors").read_bytes() == (tmp_path / "remote" / "model.safetensors").read_bytes()
+
+
+def test_a_run_unlike_the_prepared_blocks_is_refused_in_one_line(prepared_dir, wordpiece_dir, tmp_path):
+    from sslnlp.tokenizer import train_tokenizer
+
+    other = tmp_path / "other-tokenizer"
+    train_tokenizer(textgen.documents(200, seed=9), other, kind="wordpiece", encoder=True, vocab_size=448)
+
+    def refused(*extra):
+        overrides = tiny_overrides(tmp_path / "refused", wordpiece_dir, steps=5, **{"data.train_files": str(prepared_dir)})
+        result = subprocess.run([sys.executable, "-m", "sslnlp", "pretrain", *overrides, *extra], cwd=REPO,
+                                env=ENVIRONMENT, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 2
+        lines = [line for line in result.stderr.splitlines() if line.startswith("sslnlp: error:")]
+        assert len(lines) == 1, result.stderr[-2000:]
+        assert not (tmp_path / "refused" / "checkpoints").exists()
+        return lines[0]
+
+    assert "was prepared with another tokenizer" in refused(f"tokenizer.tokenizer_name_or_path={other}")
+    assert "holds blocks of 32 tokens but this run has data.max_seq_length=64" in refused("data.max_seq_length=64")
+    assert "has no word starts, which this run's masking needs" in refused("objective.masking=whole_word")
