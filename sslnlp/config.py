@@ -56,6 +56,9 @@ class DataConfig:
                                             "buffer only mixes neighbours. Costs the text's size in RAM per "
                                             "data-loading process.")
     documents_per_batch: int = option(64, "Documents tokenized per batched tokenizer call.")
+    attention_within_documents: bool = option(False, "Packed blocks: each token attends only within its own document "
+                                                     "(causally for decoders) and positions restart at 0 after each "
+                                                     "separator (sslnlp.documents).")
     num_workers: int = option(0, "DataLoader worker processes per rank (0: tokenize in the main process).")
     seed: int = option(0, "Seed of the mixture and the shuffle buffer.")
 

@@ -12,10 +12,19 @@ import logging
 import torch
 import torch.nn.functional as F
 
+from sslnlp.documents import additive_mask, document_attention_mask, document_position_ids, varlen_lengths
+
 logger = logging.getLogger(__name__)
 
 # Model types whose learned position table reserves the first (padding_idx + 1) rows.
 OFFSET_POSITION_MODEL_TYPES = {"roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text", "xmod", "ernie_m"}
+# data.attention_within_documents: the architectures that take per-document position_ids and pass a prepared 4D
+# attention mask (ModernBERT: a dict of them, one per layer type) through transformers.masking_utils unchanged, each
+# checked against its documents run alone by tests/test_documents.py (sdpa and eager, on a CPU); their forwards also
+# hand keyword arguments (flash-attention's cu_seq_lens) down to the attention function. Others are refused before
+# training (check_document_attention).
+DOCUMENT_ATTENTION_MODEL_TYPES = {"bert", "roberta", "xlm-roberta", "electra", "modernbert", "gpt2", "llama"}
+CAUSAL_MODEL_TYPES = {"gpt2", "llama"}
 
 
 class ModelError(ValueError):
@@ -79,6 +88,68 @@ def build_model_config(model_options, tokenizer, max_seq_length: int):
     return config
 
 
+def check_document_attention(config, attn_implementation: str) -> None:
+    """Fail with one line when this architecture or attention kernel cannot keep attention within documents
+    (data.attention_within_documents): an unverified architecture would silently attend across documents."""
+    if config.model_type not in DOCUMENT_ATTENTION_MODEL_TYPES:
+        raise ModelError(f"data.attention_within_documents is not supported for model type {config.model_type!r} "
+                         "(not verified to take per-document position ids and a document attention mask); use one of "
+                         f"{', '.join(sorted(DOCUMENT_ATTENTION_MODEL_TYPES))}, or data.attention_within_documents=false")
+    if attn_implementation not in ("sdpa", "eager") and not attn_implementation.startswith("flash_attention"):
+        raise ModelError(f"data.attention_within_documents works with model.attn_implementation sdpa, eager or "
+                         f"flash_attention_2/3, not {attn_implementation!r}")
+
+
+def model_inputs(model, batch: dict) -> dict:
+    """The keyword arguments of ``model(...)`` for a collated batch: everything but ``labels``; with
+    ``document_ids`` [B, L] (data.attention_within_documents, sslnlp.documents) the model also gets per-document
+    ``position_ids`` and attention confined to each document, in the form its attention kernel takes:
+
+    - sdpa: a boolean mask [B, 1, L, L]; eager: the same as an additive float mask. transformers.masking_utils
+      (create_bidirectional_mask, create_causal_mask) returns a 4D mask unchanged, and its bidirectional masks never
+      look at position ids, so encoders need the mask. ModernBERT takes {layer type: mask}: its sliding-window layers
+      get the window too.
+    - flash_attention_*: no mask; cu_seq_lens_q/k and max_length_q/k, which select the variable-length kernel for
+      any batch size (position ids alone select it for a batch of one row only).
+
+    Position ids start at 0 in each document, at padding_idx + 1 for RoBERTa-like tables (OFFSET_POSITION_MODEL_TYPES).
+    The padding attention_mask [B, L] is folded into the document ids (padding is document -1).
+    """
+    inputs = {key: value for key, value in batch.items() if key not in ("labels", "document_ids")}
+    documents = batch.get("document_ids")
+    if documents is None:
+        return inputs
+    inner = getattr(model, "module", model)
+    config = inner.config
+    inputs.pop("attention_mask", None)
+    positions = document_position_ids(documents)
+    if config.model_type in OFFSET_POSITION_MODEL_TYPES:
+        positions = positions + config.pad_token_id + 1
+    inputs["position_ids"] = positions
+    implementation = config._attn_implementation
+    if implementation.startswith("flash_attention"):
+        inputs.update(varlen_lengths(documents))
+        return inputs
+    if implementation not in ("sdpa", "eager"):
+        raise ModelError(f"data.attention_within_documents works with model.attn_implementation sdpa, eager or "
+                         f"flash_attention_2/3, not {implementation!r}")
+    causal = config.model_type in CAUSAL_MODEL_TYPES or bool(getattr(config, "is_decoder", False))
+
+    def as_kernel_mask(mask):  # [B, 1, L, L] bool -> what the kernel takes
+        return mask if implementation == "sdpa" else additive_mask(mask, inner.dtype)
+
+    mask = as_kernel_mask(document_attention_mask(documents, causal=causal))
+    if config.model_type == "modernbert":
+        masks = {"full_attention": mask}
+        if "sliding_attention" in config.layer_types:
+            window = document_attention_mask(documents, window=config.sliding_window)
+            masks["sliding_attention"] = as_kernel_mask(window)
+        inputs["attention_mask"] = masks
+    else:
+        inputs["attention_mask"] = mask
+    return inputs
+
+
 def build_model(model_options, config, auto):
     """Instantiate ``auto`` (an Auto class such as AutoModelForMaskedLM) from ``config`` (random init) or from the
     checkpoint's weights."""
@@ -129,8 +200,7 @@ class SparseMaskedLMHead:
             padded_targets = torch.cat([targets, targets.new_full((extra,), -100)])
         self.positions = positions
         try:
-            inputs = {k: v for k, v in batch.items() if k != "labels"}
-            logits = model(**inputs).logits.reshape(-1, model_vocab_size(model))  # [N', V], N' >= N
+            logits = model(**model_inputs(model, batch)).logits.reshape(-1, model_vocab_size(model))  # [N', V], N' >= N
         finally:
             self.positions = None
         loss = F.cross_entropy(logits.float(), padded_targets, reduction="sum")  # -100 rows add nothing
@@ -145,8 +215,7 @@ def dense_loss(model, batch: dict, shift: bool = False) -> tuple[torch.Tensor, t
     """(summed cross-entropy, logits [N, V], targets [N]) with the model's full head (the reference path).
     ``shift``: position t predicts label t + 1 (next-token prediction)."""
     labels = batch["labels"]
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    logits = model(**inputs).logits  # [B, L, V]
+    logits = model(**model_inputs(model, batch)).logits  # [B, L, V]
     if shift:  # position t predicts token t + 1
         logits, labels = logits[:, :-1], labels[:, 1:]
     logits = logits.reshape(-1, logits.shape[-1])

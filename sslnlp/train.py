@@ -240,7 +240,7 @@ def set_up(config: PretrainConfig) -> Run:
     set_seed(training.seed)
     if training.deterministic:
         use_deterministic_algorithms()
-    objective = build_objective(config.objective, config.model)
+    objective = build_objective(config.objective, config.model, config.data)
     train_corpus, validation_corpus = training_data(data)
     resume = resolve_resume(training.resume_from_checkpoint, output_dir)
     check_one_shot(config, train_corpus, output_dir, resume)

@@ -10,6 +10,12 @@ normalised by ({term: n}); the loop sums these over micro-batches and processes,
 whatever the accumulation or world size. ``loss(model, batch)`` returns an ``ObjectiveLoss`` whose ``sums`` hold each
 term's summed loss; the optimised loss is sum_k weight_k x sums_k / global count_k, and the logged ``loss`` is the same
 quantity over a logging window. ``metrics`` are extra sums (correct predictions, ...) reported per target of a term.
+
+Attention within documents (``data.attention_within_documents``). An objective that supports it sets
+``supports_attention_within_documents``, wraps its collator with ``document_collator`` (batches then carry
+``document_ids``), calls ``check_document_attention`` from ``check_model_config``, and runs its models on
+``sslnlp.modeling.model_inputs(model, batch)`` (dense_loss and SparseMaskedLMHead do), which turns the document ids
+into per-document position ids and attention. ``build_objective`` refuses the option for the others.
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ from typing import ClassVar
 
 import torch
 
-from sslnlp.config import ObjectiveConfig, objective_config_class, register_objective_config
+from sslnlp.config import ConfigError, ObjectiveConfig, objective_config_class, register_objective_config
+from sslnlp.documents import DocumentCollator
+from sslnlp.modeling import check_document_attention
 
 
 @dataclass
@@ -53,10 +61,29 @@ class Objective:
     pipeline_tag: ClassVar[str] = "feature-extraction"
     reports_perplexity: ClassVar[bool] = False
     train_metrics: ClassVar[bool] = False  # compute ``metrics`` during training too and log them every window
+    supports_attention_within_documents: ClassVar[bool] = False  # see the module docstring
+    data_options = None  # the run's DataConfig (set by build_objective; None: the defaults)
 
     def __init__(self, config: ObjectiveConfig, model_options=None):
         self.config = config
         self.model_options = model_options
+
+    @property
+    def attention_within_documents(self) -> bool:
+        """data.attention_within_documents: each token attends, and counts positions, within its own document."""
+        return bool(getattr(self.data_options, "attention_within_documents", False))
+
+    def document_collator(self, collator, tokenizer):
+        """``collator``, adding ``document_ids`` to its batches when attention stays within documents."""
+        if not self.attention_within_documents:
+            return collator
+        layout = self.block_layout(tokenizer)
+        return DocumentCollator(collator, layout.separator, block_suffix=bool(layout.suffix))
+
+    def check_document_attention(self, model_config) -> None:
+        """One-line error when attention must stay within documents but the architecture cannot do it."""
+        if self.attention_within_documents:
+            check_document_attention(model_config, self.model_options.attn_implementation)
 
     # ---------------------------------------------------------------------------------------- data and model
     def block_layout(self, tokenizer):
@@ -145,6 +172,12 @@ def get_objective(name: str) -> type[Objective]:
     return OBJECTIVES[name]
 
 
-def build_objective(config: ObjectiveConfig, model_options=None) -> Objective:
-    """The objective of a run's ``objective:`` section."""
-    return get_objective(config.name)(config, model_options)
+def build_objective(config: ObjectiveConfig, model_options=None, data_options=None) -> Objective:
+    """The objective of a run's ``objective:`` section (``model_options``: its ModelConfig; ``data_options``: its
+    DataConfig, for data.attention_within_documents)."""
+    objective = get_objective(config.name)(config, model_options)
+    objective.data_options = data_options
+    if objective.attention_within_documents and not objective.supports_attention_within_documents:
+        raise ConfigError(f"data.attention_within_documents is not supported by objective.name={config.name!r}; "
+                          "set data.attention_within_documents=false")
+    return objective

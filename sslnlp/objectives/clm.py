@@ -3,7 +3,9 @@
     objective: {name: clm}
 
 Blocks are bare token runs with EOS after each document; position t predicts token t + 1. Exports an
-``AutoModelForCausalLM`` that ``pipeline("text-generation")`` runs.
+``AutoModelForCausalLM`` that ``pipeline("text-generation")`` runs. With data.attention_within_documents each token
+sees only the earlier tokens of its own document; the targets are unchanged (a document's EOS still predicts the
+first token of the next: what follows an EOS, as in generation).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class CausalLanguageModeling(Objective):
     pipeline_tag = "text-generation"
     reports_perplexity = True
     loss_weights = {"clm": 1.0}
+    supports_attention_within_documents = True
 
     def block_layout(self, tokenizer):
         return BlockLayout.decoder(tokenizer)
@@ -39,6 +42,7 @@ class CausalLanguageModeling(Objective):
 
         check_head(model_config, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, "causal-LM (clm)",
                    "a decoder such as gpt2 or llama for objective.name='clm'")
+        self.check_document_attention(model_config)
 
     def build_model(self, model_config):
         from transformers import AutoModelForCausalLM
@@ -46,7 +50,7 @@ class CausalLanguageModeling(Objective):
         return build_model(self.model_options, model_config, AutoModelForCausalLM)
 
     def build_collator(self, tokenizer, *, seed: int, evaluation=None):
-        return CausalLanguageModelingCollator.from_tokenizer(tokenizer)
+        return self.document_collator(CausalLanguageModelingCollator.from_tokenizer(tokenizer), tokenizer)
 
     def count(self, batch: dict) -> dict[str, int]:
         return {"clm": int((batch["labels"][:, 1:] != -100).sum())}  # the first token of a block is never a target

@@ -17,6 +17,8 @@ tokens and the discriminator, the model we keep, says for every token whether it
   counts as replaced only when the sample differs from the original.
 - Loss: generator MLM loss per masked token + ``discriminator_weight`` x binary cross-entropy per scored token
   (every token of the block, or only the masked positions with ``discriminator_positions: masked``).
+- data.attention_within_documents: the generator and the discriminator both attend within the documents of the
+  uncorrupted blocks (a sampled [SEP] moves no boundary).
 - Export: the discriminator in ``output_dir`` (``ElectraForPreTraining`` for model_type electra, whose replaced-token
   scores can be used directly; a one-logit token classifier for other families), the generator as a fill-mask model
   in ``output_dir/generator``. ``AutoModel`` and ``AutoModelForSequenceClassification`` load the discriminator.
@@ -34,7 +36,7 @@ import torch.nn.functional as F
 
 from sslnlp.config import ConfigError, option
 from sslnlp.masking import MaskedLanguageModelingCollator
-from sslnlp.modeling import ModelError, SparseMaskedLMHead, build_model, check_head, flops_per_token
+from sslnlp.modeling import ModelError, SparseMaskedLMHead, build_model, check_head, flops_per_token, model_inputs
 from sslnlp.objectives.base import Objective, ObjectiveLoss, register_objective
 from sslnlp.objectives.mlm import MaskedLanguageModelingConfig
 from sslnlp.packing import BlockLayout
@@ -115,7 +117,10 @@ class GeneratorAndDiscriminator(torch.nn.Module):
         with torch.no_grad():
             sampled = sample_replacements(logits, self.options.temperature)  # [N]
         corrupted, replaced = replace_tokens(input_ids, positions, targets, sampled)
-        scores = self.discriminator(input_ids=corrupted, attention_mask=attention_mask, **inputs).logits
+        discriminator_batch = {"input_ids": corrupted, **inputs}
+        if attention_mask is not None:
+            discriminator_batch["attention_mask"] = attention_mask
+        scores = self.discriminator(**model_inputs(self.discriminator, discriminator_batch)).logits
         scores = scores.reshape(input_ids.shape)  # [B, L] (a token classifier gives [B, L, 1])
         scored = scored_positions(input_ids, attention_mask, positions, self.options.discriminator_positions)
         discriminator_sum = F.binary_cross_entropy_with_logits(scores[scored].float(), replaced[scored].float(),
@@ -184,6 +189,7 @@ class ReplacedTokenDetection(Objective):
     Config = ElectraObjectiveConfig
     encoder = True
     pipeline_tag = "feature-extraction"
+    supports_attention_within_documents = True  # both models get the document ids of the uncorrupted blocks
 
     def __init__(self, config, model_options=None):
         super().__init__(config, model_options)
@@ -205,6 +211,7 @@ class ReplacedTokenDetection(Objective):
         check_head(model_config, MODEL_FOR_MASKED_LM_MAPPING_NAMES, "masked-LM (generator)", suggestion)
         check_head(model_config, MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES, "token-classification (discriminator)",
                    suggestion)
+        self.check_document_attention(model_config)
 
     def build_model(self, model_config):
         from transformers import AutoModelForMaskedLM, AutoModelForPreTraining, AutoModelForTokenClassification
@@ -228,7 +235,8 @@ class ReplacedTokenDetection(Objective):
         options = self.config.collator_options()
         if evaluation is not None:  # a fixed rate so runs compare; the objective's own replacement split
             options = {**options, "mlm_probability": evaluation.eval_mlm_probability}
-        return MaskedLanguageModelingCollator.from_tokenizer(tokenizer, seed=seed, **options)
+        return self.document_collator(MaskedLanguageModelingCollator.from_tokenizer(tokenizer, seed=seed, **options),
+                                      tokenizer)
 
     def count(self, batch: dict) -> dict[str, int]:
         masked = int((batch["labels"] != -100).sum())

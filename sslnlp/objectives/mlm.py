@@ -51,6 +51,7 @@ class MaskedLanguageModeling(Objective):
     pipeline_tag = "fill-mask"
     reports_perplexity = True
     loss_weights = {"mlm": 1.0}
+    supports_attention_within_documents = True
 
     def __init__(self, config, model_options=None):
         super().__init__(config, model_options)
@@ -64,6 +65,7 @@ class MaskedLanguageModeling(Objective):
 
         check_head(model_config, MODEL_FOR_MASKED_LM_MAPPING_NAMES, "masked-LM (mlm)",
                    "an encoder such as bert, roberta or modernbert for objective.name='mlm'")
+        self.check_document_attention(model_config)
 
     def build_model(self, model_config):
         from transformers import AutoModelForMaskedLM
@@ -75,9 +77,12 @@ class MaskedLanguageModeling(Objective):
 
     def build_collator(self, tokenizer, *, seed: int, evaluation=None):
         if evaluation is not None:  # a fixed rate (and the standard 80/10/10 token masking) so runs compare
-            return MaskedLanguageModelingCollator.from_tokenizer(tokenizer, seed=seed,
-                                                                 mlm_probability=evaluation.eval_mlm_probability)
-        return MaskedLanguageModelingCollator.from_tokenizer(tokenizer, seed=seed, **self.config.collator_options())
+            collator = MaskedLanguageModelingCollator.from_tokenizer(tokenizer, seed=seed,
+                                                                     mlm_probability=evaluation.eval_mlm_probability)
+        else:
+            collator = MaskedLanguageModelingCollator.from_tokenizer(tokenizer, seed=seed,
+                                                                     **self.config.collator_options())
+        return self.document_collator(collator, tokenizer)
 
     def count(self, batch: dict) -> dict[str, int]:
         return {"mlm": int((batch["labels"] != -100).sum())}

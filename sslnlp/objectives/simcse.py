@@ -18,6 +18,9 @@ contrastive sentence embeddings with dropout as the only augmentation; alone or 
   own targets. The model is then an AutoModelForMaskedLM and exports as one (fill-mask works).
 - Held-out evaluation runs without dropout: both views are the same vector, so the held-out loss says how well a
   segment is told apart from the other segments of its (local) batch.
+- data.attention_within_documents changes nothing here: a row is one segment of one document with positions from 0,
+  so attention and positions already stay within it (accepted rather than refused, so a recipe or an override
+  shared with a packed-MLM stage keeps working).
 - Export: the encoder in Hugging Face format plus the sentence-transformers files (modules.json,
   sentence_bert_config.json, 1_Pooling/config.json, config_sentence_transformers.json), so
   ``SentenceTransformer(path).encode(texts)`` gives the pooled vectors this objective trained.
@@ -140,6 +143,7 @@ class SimCSE(Objective):
     Config = SimCSEConfig
     encoder = True
     pipeline_tag = "sentence-similarity"
+    supports_attention_within_documents = True  # already true of its unpacked segments: see the module docstring
     train_metrics = True  # the contrastive accuracy (view 2 picked among the batch) is logged every window
 
     def weights(self) -> dict[str, float]:
