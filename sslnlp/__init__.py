@@ -24,6 +24,7 @@ from sslnlp.corpus import Corpus, CorpusError, load_corpus
 from sslnlp.masking import CausalLanguageModelingCollator, MaskedLanguageModelingCollator
 from sslnlp.objectives import Objective, ObjectiveLoss, build_objective, get_objective, register_objective
 from sslnlp.packing import BlockStream, PackedBlocks
+from sslnlp.shards import PreparedBlocks, PreparedData, prepare
 from sslnlp.tasks import LabelledTask, load_task
 from sslnlp.tokenizer import load_tokenizer, train_tokenizer
 
@@ -66,8 +67,8 @@ def write_report(run_dirs, output_dir=None, **options):
 __all__ = [
     "BlockStream", "CausalLanguageModelingCollator", "Corpus", "CorpusError", "DataConfig", "EvaluateConfig",
     "EvaluationConfig", "FinetuneConfig", "HubConfig", "LabelledTask", "MaskedLanguageModelingCollator", "Objective", "ObjectiveConfig", "ObjectiveLoss",
-    "ModelConfig", "PackedBlocks", "PretrainConfig", "ProbeConfig", "TaskConfig", "TokenizerConfig", "TrainingConfig",
-    "build_objective", "finetune", "get_objective", "load_config", "load_corpus", "load_task", "load_tokenizer", "pretrain", "probe",
+    "ModelConfig", "PackedBlocks", "PreparedBlocks", "PreparedData", "PretrainConfig", "ProbeConfig", "TaskConfig", "TokenizerConfig", "TrainingConfig",
+    "build_objective", "finetune", "get_objective", "load_config", "load_corpus", "load_task", "load_tokenizer", "prepare", "pretrain", "probe",
     "push_to_hub", "register_objective", "train_tokenizer", "write_report",
 ]
 __version__ = "0.1.0"

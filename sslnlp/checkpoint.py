@@ -2,13 +2,16 @@
 
 A checkpoint is a directory ``OUTPUT_DIR/checkpoints/checkpoint-00000100`` holding
 
-- what ``accelerator.save_state`` writes (model as safetensors, optimizer, RNG states of every rank),
+- what ``accelerator.save_state`` writes (model as safetensors, optimizer, RNG states of every rank; under FSDP the
+  sharded model and optimizer: ``pytorch_model_fsdp_0/`` and ``optimizer_0/``, one ``.distcp`` file per rank),
 - ``rank_state_R.json`` per rank (data-stream position, shuffle buffer, mask generator),
 - ``loop_state.json`` (step, tokens seen, elapsed time, ...), written last.
 
 It is written under a temporary name and renamed into place only when complete, so a crash mid-save leaves at
 worst a ``.tmp-*`` directory that is never picked up; ``find_latest_checkpoint`` only accepts directories with
-``loop_state.json``.
+``loop_state.json``. Under FSDP every rank writes its shard files into the same temporary directory; the rename
+waits for all of them (an all-reduce after the writes). A checkpoint resumes only with the engine that wrote its
+layout and the same number of processes (``check_checkpoint_layout``).
 """
 
 from __future__ import annotations
@@ -121,6 +124,10 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, loop_state: 
         failure = error
     except SafetensorError as error:  # safetensors reports a full disk as its own error type
         failure = OSError(str(error).split(": ", 1)[-1])
+    except BaseException as error:  # FSDP's sharded writes (torch.distributed.checkpoint): every rank raises
+        if type(error).__name__ != "CheckpointException":
+            raise
+        failure = distributed_checkpoint_error(error)
     try:
         _raise_if_any_rank_failed(accelerator, failure, "writing the checkpoint")
     except OSError:
@@ -146,8 +153,55 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, loop_state: 
     return final
 
 
+def distributed_checkpoint_error(error: BaseException) -> OSError:
+    """torch.distributed.checkpoint's CheckpointException (a BaseException holding each failed rank's exception) as
+    the OSError of the first failure, so a failed sharded write is reported like any other failed save."""
+    failures = getattr(error, "failures", {}) or {}
+    for rank, (cause, _) in sorted(failures.items()):
+        if isinstance(cause, OSError):
+            return cause
+        return OSError(f"rank {rank}: {type(cause).__name__}: {cause}")
+    return OSError(str(error).splitlines()[0])
+
+
+def checkpoint_layout(path: Path) -> str:
+    """What wrote the model state of a checkpoint: 'FSDP (sharded)', 'FSDP (full state dict)', 'DeepSpeed' or 'data
+    parallel' (an ordinary model file, written by DDP or one process)."""
+    if any(path.glob("pytorch_model_fsdp_*/.metadata")):
+        return "FSDP (sharded)"
+    if any(path.glob("pytorch_model_fsdp*.bin")):
+        return "FSDP (full state dict)"
+    if (path / "pytorch_model").is_dir():
+        return "DeepSpeed"
+    return "data parallel"
+
+
+def running_layout(accelerator) -> str:
+    """The ``checkpoint_layout`` that this Accelerator's ``save_state`` writes (and ``load_state`` reads)."""
+    engine = accelerator.distributed_type.name
+    if engine == "FSDP":
+        sharded = accelerator.state.fsdp_plugin.state_dict_type.name == "SHARDED_STATE_DICT"
+        return "FSDP (sharded)" if sharded else "FSDP (full state dict)"
+    return "DeepSpeed" if engine == "DEEPSPEED" else "data parallel"
+
+
+def check_checkpoint_layout(accelerator, path: Path) -> None:
+    """Refuse, with one line and before loading anything, a checkpoint that another engine wrote (a sharded FSDP
+    checkpoint resumed by data parallel, or the reverse) or another number of processes: its shards, optimizer
+    state and per-rank data positions would not fit this run."""
+    written, running = checkpoint_layout(path), running_layout(accelerator)
+    if written != running:
+        raise ValueError(f"{path} was written by {written} but this run is {running} "
+                         f"({accelerator.distributed_type.name}); resume it with the launch config that wrote it")
+    ranks = len(list(path.glob("rank_state_*.json")))
+    if ranks and ranks != accelerator.num_processes:
+        raise ValueError(f"{path} was written by {ranks} process(es) but this run has {accelerator.num_processes}; "
+                         "resume with the same number of processes")
+
+
 def load_checkpoint(accelerator, path: Path) -> tuple[dict, dict]:
     """Restore model / optimizer / RNG through Accelerate; return (loop_state, this rank's state)."""
+    check_checkpoint_layout(accelerator, path)
     accelerator.load_state(str(path))
     loop_state = json.loads((path / LOOP_STATE).read_text())
     rank_file = path / f"rank_state_{accelerator.process_index}.json"
@@ -156,10 +210,21 @@ def load_checkpoint(accelerator, path: Path) -> tuple[dict, dict]:
     return loop_state, json.loads(rank_file.read_text())
 
 
+def without_tied_aliases(module, state_dict: dict) -> dict:
+    """``state_dict`` without the second names of tied parameters (an MLM decoder tied to the word embeddings).
+    save_pretrained drops them by seeing shared storage; FSDP's gathered state dict holds separate copies, so they
+    would be written twice."""
+    aliases = ({name for name, _ in module.named_parameters(remove_duplicate=False)}
+               - {name for name, _ in module.named_parameters()})
+    return {key: value for key, value in state_dict.items() if key not in aliases}
+
+
 def export_model(accelerator, model, tokenizer, output_dir: str | Path) -> None:
-    """Write the model (safetensors + config) and tokenizer so the Auto classes and pipelines load ``output_dir``."""
+    """Write the model (safetensors + config) and tokenizer so the Auto classes and pipelines load ``output_dir``.
+    Call on every rank: under FSDP ``get_state_dict`` gathers the full, unsharded weights (a collective); only the
+    main process writes."""
     unwrapped = accelerator.unwrap_model(model)
-    state_dict = accelerator.get_state_dict(model)
+    state_dict = without_tied_aliases(unwrapped, accelerator.get_state_dict(model))
     if accelerator.is_main_process:
         unwrapped.save_pretrained(output_dir, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(output_dir)

@@ -158,6 +158,10 @@ class TrainingConfig:
                                  "without a deterministic kernel raises. CPU runs are deterministic without it.")
     peak_flops: float = option(0, "Peak FLOP/s of one device for the MFU figure (0: from the table of known GPUs, "
                                   "or measured once on a CPU).")
+    peer_timeout: float = option(60, "Several processes: a process whose heartbeat (one a second, through the "
+                                     "launch's rendezvous store) stops for this many seconds is declared lost; the "
+                                     "others exit naming it (0: no heartbeat; a hung peer then blocks until the "
+                                     "collective's own timeout, 30 minutes on gloo).")
 
 
 @dataclass

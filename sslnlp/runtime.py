@@ -31,17 +31,46 @@ def ensure_writable(output_dir: Path) -> None:
 
 def make_accelerator(**options):
     """An Accelerator. When this process already made one with other settings (pretrain() in bf16 then again in
-    fp32, in a notebook or a benchmark), the process-wide precision state is reset first, never the distributed one."""
+    fp32, in a notebook or a benchmark), the process-wide precision state is reset first, never the distributed one.
+    An FSDP launch on CPUs is set up as FSDP2 on gloo (``rehearse_fsdp_on_cpus``)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
     try:
-        return Accelerator(**options)
+        accelerator = Accelerator(**options)
     except ValueError as error:
         if "already been initialized" not in str(error):
             raise
         AcceleratorState._reset_state(reset_partial_state=False)
-        return Accelerator(**options)
+        accelerator = Accelerator(**options)
+    rehearse_fsdp_on_cpus(accelerator)
+    return accelerator
+
+
+def rehearse_fsdp_on_cpus(accelerator) -> None:
+    """An FSDP launch on CPUs (recipes/accelerate/fsdp-cpu-2proc.yaml, ACCELERATE_USE_CPU=1) runs as FSDP2 on gloo,
+    so a laptop rehearses what GPUs will do: sharded training, sharded checkpoints, resume and export.
+
+    Accelerate 1.15 never sets FSDP up on CPUs: ``PartialState._prepare_backend`` (accelerate/state.py) names a
+    CPU launch MULTI_CPU (backend gloo), and ``AcceleratorState.__init__`` promotes to FSDP only the MULTI_GPU-like
+    types, so the plugin it built from the FSDP_* variables is dropped and the run would train as plain data
+    parallel (which ``check_engine`` refuses). FSDP2 itself works on CPU tensors and gloo; this sets the state
+    Accelerate would have set on GPUs: distributed type FSDP (in both shared states) and the FSDP2 plugin read
+    from the launcher's FSDP_* variables, with the run's mixed precision. A no-op for every other launch."""
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    if requested_engine() != "FSDP" or accelerator.distributed_type != DistributedType.MULTI_CPU:
+        return
+    plugin = FullyShardedDataParallelPlugin()  # from FSDP_VERSION, FSDP_STATE_DICT_TYPE, ... as accelerate launch set them
+    if plugin.fsdp_version != 2:
+        raise TrainingError(f"the launch config asks for FSDP version {plugin.fsdp_version}; sslnlp runs FSDP on CPUs "
+                            "with FSDP2 only: set fsdp_config.fsdp_version: 2 (recipes/accelerate/fsdp-cpu-2proc.yaml)")
+    if accelerator.mixed_precision != "no":
+        plugin.set_mixed_precision(accelerator.mixed_precision)
+    accelerator.state.fsdp_plugin = plugin
+    accelerator.state.distributed_type = DistributedType.FSDP
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
 
 
 def check_launch() -> None:
@@ -64,6 +93,33 @@ def check_launch() -> None:
             f"set up {state.num_processes} process(es) ({state.distributed_type}): each would train alone and write the "
             "same run; on CPUs launch with ACCELERATE_USE_CPU=1 and --multi_gpu (recipes/accelerate/cpu-2proc.yaml), on "
             "GPUs check that every process sees one")
+
+
+def requested_engine() -> str | None:
+    """The sharded engine the launch config named ("FSDP" or "DEEPSPEED"; None for data parallel or one process):
+    `accelerate launch` passes it to each process as ACCELERATE_USE_FSDP / ACCELERATE_USE_DEEPSPEED."""
+    from accelerate.utils import parse_flag_from_env
+
+    if parse_flag_from_env("ACCELERATE_USE_FSDP"):
+        return "FSDP"
+    if parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"):
+        return "DEEPSPEED"
+    return None
+
+
+def check_engine(accelerator) -> None:
+    """Refuse, before anything is written, a run whose Accelerator uses another engine than the launch config named.
+    Accelerate 1.15 falls back silently: with ACCELERATE_USE_CPU=1 (state.py never promotes MULTI_CPU to FSDP or
+    DeepSpeed) a sharded config trains as plain data parallel and writes unsharded checkpoints."""
+    requested = requested_engine()
+    running = accelerator.distributed_type.name
+    if requested is not None and running != requested:
+        raise TrainingError(
+            f"the launch config asks for {requested} but Accelerate set up {running} with {accelerator.num_processes} "
+            f"process(es) on {accelerator.device.type}: this run would not shard what {requested} shards; "
+            + ("DeepSpeed runs on GPUs (on CPUs use recipes/accelerate/cpu-2proc.yaml for data parallel)"
+               if requested == "DEEPSPEED" else
+               "launch FSDP on GPUs, or on CPUs with recipes/accelerate/fsdp-cpu-2proc.yaml"))
 
 
 def use_deterministic_algorithms() -> None:
@@ -193,3 +249,36 @@ class MetricsLog:
                 handle.write(json.dumps(record) + "\n")
         if self.trackers:
             self.accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=record.get("step"))
+
+
+def check_shared_output_dir(accelerator, output_dir: Path) -> None:
+    """Several processes write one run directory (rank 0 the model and metrics, every rank its part of each
+    checkpoint), so on several machines it must be one shared filesystem. A directory local to each machine would
+    train to the end and leave every checkpoint incomplete; refuse that at start: rank 0 writes a random token that
+    every rank must read back."""
+    if accelerator.num_processes == 1:
+        return
+    import secrets
+
+    from accelerate.utils import broadcast_object_list
+
+    token = [secrets.token_hex(8) if accelerator.is_main_process else None]
+    broadcast_object_list(token)
+    marker = output_dir / ".sslnlp-shared-check"
+    if accelerator.is_main_process:
+        marker.write_text(token[0])
+    accelerator.wait_for_everyone()
+    try:
+        seen = marker.read_text()
+    except OSError:
+        seen = None
+    shared = seen == token[0]
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        marker.unlink(missing_ok=True)
+    flags = accelerator.gather(torch.tensor([shared], device=accelerator.device)).tolist()
+    blind = [str(rank) for rank, flag in enumerate(flags) if not flag]
+    if blind:
+        raise TrainingError(f"output_dir {output_dir} is not one directory for every process: rank "
+                            f"{', '.join(blind)} cannot see what rank 0 wrote there; on several machines put output_dir "
+                            "on a filesystem they all mount (checkpoints hold every rank's part)")

@@ -35,13 +35,16 @@ from sslnlp.hub import HubSync
 from sslnlp.modeling import build_model_config, peak_flops_per_second
 from sslnlp.objectives import Objective, build_objective
 from sslnlp.packing import BlockStream, PackedBlocks
+from sslnlp.peers import PeerWatch
 from sslnlp.provenance import check_resume, run_provenance
 from sslnlp.shards import PreparedBlocks, PreparedData, PreparedSplit, is_prepared
 from sslnlp.runtime import (
     MetricsLog,
     PreemptionFlag,
     TrainingError,
+    check_engine,
     check_launch,
+    check_shared_output_dir,
     ensure_writable,
     keep_freed_memory,
     learning_rate_multiplier,
@@ -223,20 +226,21 @@ class Run:
         return max(fractions)
 
 
-def set_up(config: PretrainConfig) -> Run:
+def set_up(config: PretrainConfig, accelerator) -> Run:
     """Accelerator, run directory, corpus, tokenizer, objective and model(s), data streams, optimizer; resumes
     from a checkpoint when asked. Seeds are set so the initial weights do not depend on tokenizer training."""
     from accelerate.utils import set_seed
 
+    from sslnlp.sharding import prepare_engine  # the engine's set-up before the optimizer (FSDP2, DeepSpeed)
+
     training, data = config.training, config.data
     output_dir = Path(config.output_dir)
-    accelerator = make_accelerator(mixed_precision=resolve_mixed_precision(training.mixed_precision),
-                                   log_with=training.report_to or None, project_dir=str(output_dir))
     keep_freed_memory(accelerator.device)
     config_values = plain(to_dict(config))  # config.yaml and the config fingerprint
     if accelerator.is_main_process:
         ensure_writable(output_dir)
         (output_dir / "config.yaml").write_text(yaml.safe_dump(config_values, sort_keys=False))
+    check_shared_output_dir(accelerator, output_dir)
     set_seed(training.seed)
     if training.deterministic:
         use_deterministic_algorithms()
@@ -257,6 +261,7 @@ def set_up(config: PretrainConfig) -> Run:
                                shuffle_buffer_size=data.shuffle_buffer_size, seed=data.seed)
     eval_batches = evaluation_batches(config, objective, validation_corpus, tokenizer, accelerator)
 
+    model = prepare_engine(accelerator, model, training)  # FSDP2: shard before the optimizer sees the parameters
     # Fused on CPUs too: the tiny model's optimizer step takes 5 ms instead of foreach's 15 ms.
     optimizer = torch.optim.AdamW(parameter_groups(model, training.weight_decay), lr=training.learning_rate,
                                   betas=(training.adam_beta1, training.adam_beta2), eps=training.adam_epsilon,
@@ -593,13 +598,25 @@ def pretrain(config: PretrainConfig) -> dict:
     config.check()
     set_up_console()
     check_launch()  # before run_log or set_up write anything
-    with run_log(config.output_dir, main_process=int(os.environ.get("RANK", "0")) == 0):
-        return train_run(config)
+    accelerator = make_accelerator(mixed_precision=resolve_mixed_precision(config.training.mixed_precision),
+                                   log_with=config.training.report_to or None, project_dir=str(config.output_dir))
+    check_engine(accelerator)
+    with PeerWatch(config.training.peer_timeout) as peers, \
+            run_log(config.output_dir, main_process=accelerator.is_main_process):
+        try:
+            return train_run(config, accelerator)
+        except RuntimeError as error:  # gloo / NCCL errors of a failed collective (DistBackendError among them)
+            lost = None if isinstance(error, TrainingError) else peers.diagnose()
+            if lost is None:
+                raise
+            text = str(error).strip().splitlines()[0][-160:] if str(error).strip() else type(error).__name__
+            raise TrainingError(f"rank {peers.rank} ({peers.me}): a collective failed ({text}); lost {lost}; restart "
+                                "every launch with training.resume_from_checkpoint=auto") from error
 
 
-def train_run(config: PretrainConfig) -> dict:
+def train_run(config: PretrainConfig, accelerator) -> dict:
     """pretrain's loop (the run log attached)."""
-    run = set_up(config)
+    run = set_up(config, accelerator)
     run.callbacks = [ProbeCallback(config)] if config.evaluation.probe_task else []
     if config.hub.push_to_hub:  # no-op otherwise; pushes from rank 0's thread
         run.callbacks.append(HubCallback(HubSync(config.hub, run.accelerator, run.output_dir)))

@@ -225,10 +225,13 @@ class SimCSE(Objective):
 
     def export(self, accelerator, model, tokenizer, output_dir) -> None:
         """The encoder (an AutoModelForMaskedLM in the joint objective) and the sentence-transformers files."""
+        from sslnlp.checkpoint import without_tied_aliases
+
         state = accelerator.get_state_dict(model)
         wrapper = accelerator.unwrap_model(model)
         if accelerator.is_main_process:
-            inner = {key[len("model."):]: value for key, value in state.items() if key.startswith("model.")}
+            inner = without_tied_aliases(wrapper.model, {key[len("model."):]: value for key, value in state.items()
+                                                         if key.startswith("model.")})  # FSDP: copies, not ties
             wrapper.model.save_pretrained(output_dir, state_dict=inner, safe_serialization=True)
             tokenizer.save_pretrained(output_dir)
             write_sentence_transformers_files(output_dir, wrapper.model.config, self.config.pooling,
