@@ -80,6 +80,7 @@ ABLATIONS = {
     "4 layers (instead of 2; the issue's reference depth)": [f"model.config_overrides={CRAM_4_LAYERS}"],
     "fp32 (instead of bf16)": ["training.mixed_precision=no"],
     "dense head (no sparse prediction)": ["model.sparse_prediction=false"],
+    "attention within documents (data.attention_within_documents)": ["data.attention_within_documents=true"],
 }
 
 

@@ -59,9 +59,8 @@ def get_tokenizer(corpus: str, tokenizer_dir: str | None):
     return load_tokenizer(directory), str(directory)
 
 
-def run_sslnlp(corpus: str, tokenizer, shuffle_buffer_size: int = 0, max_tokens: int = 0) -> int:
-    """One pass of read -> tokenize -> pack -> collate; returns the non-padding tokens of all batches."""
-    dataset = PackedBlocks(load_corpus(corpus), tokenizer, BLOCK_LENGTH, layout=BlockLayout.encoder(tokenizer), repeat=False)
+def collated_tokens(dataset, tokenizer, shuffle_buffer_size: int, max_tokens: int) -> int:
+    """Batches of ``dataset``'s blocks through BlockStream and the MLM collator; returns their non-padding tokens."""
     stream = BlockStream(dataset, batch_size=BATCH_SIZE, collate=MaskedLanguageModelingCollator.from_tokenizer(tokenizer),
                          shuffle_buffer_size=shuffle_buffer_size)
     tokens = 0
@@ -74,19 +73,18 @@ def run_sslnlp(corpus: str, tokenizer, shuffle_buffer_size: int = 0, max_tokens:
     return tokens
 
 
+def run_sslnlp(corpus: str, tokenizer, shuffle_buffer_size: int = 0, max_tokens: int = 0) -> int:
+    """One pass of read -> tokenize -> pack -> collate; returns the non-padding tokens of all batches."""
+    dataset = PackedBlocks(load_corpus(corpus), tokenizer, BLOCK_LENGTH, layout=BlockLayout.encoder(tokenizer), repeat=False)
+    return collated_tokens(dataset, tokenizer, shuffle_buffer_size, max_tokens)
+
+
 def run_prepared(directory: str, tokenizer, shuffle_buffer_size: int = 0, max_tokens: int = 0) -> int:
     """One pass over prepared shards: memory-mapped blocks -> the same BlockStream and collator as A."""
     from sslnlp.shards import PreparedBlocks, PreparedData
 
     dataset = PreparedBlocks(PreparedData(directory).split("train"), layout=BlockLayout.encoder(tokenizer), repeat=False)
-    stream = BlockStream(dataset, batch_size=BATCH_SIZE, collate=MaskedLanguageModelingCollator.from_tokenizer(tokenizer),
-                         shuffle_buffer_size=shuffle_buffer_size)
-    tokens = 0
-    for batch in stream:
-        tokens += int((batch["input_ids"] != tokenizer.pad_token_id).sum())
-        if max_tokens and tokens >= max_tokens:
-            break
-    return tokens
+    return collated_tokens(dataset, tokenizer, shuffle_buffer_size, max_tokens)
 
 
 def prepare_corpus(corpus: str, tokenizer_dir: str, output: str, num_proc: int) -> dict:

@@ -336,12 +336,7 @@ class PreparedData:
     def __init__(self, location: str | os.PathLike):
         self.location = os.fspath(location).rstrip("/")
         self.remote = "://" in self.location
-        if self.remote:
-            digest = hashlib.sha256(self.location.encode()).hexdigest()[:16]
-            self.local = cache_root() / "prepared" / digest
-            self.local.mkdir(parents=True, exist_ok=True)
-        else:
-            self.local = Path(os.path.expanduser(self.location))
+        self.local = Path(os.path.expanduser(self.location))
         try:
             text = self._read_text(MANIFEST)
         except (OSError, FileNotFoundError) as error:
@@ -359,6 +354,10 @@ class PreparedData:
             raise CorpusError(f"{self.location} holds format {self.settings.get('format')} version "
                               f"{self.settings.get('version')}; this sslnlp reads {FORMAT} version {VERSION}: prepare again")
         self.manifest_sha256 = hashlib.sha256(text.encode()).hexdigest()
+        if self.remote:  # one cache folder per location and content: a prepare redone there is fetched anew
+            place = hashlib.sha256(self.location.encode()).hexdigest()[:16]
+            self.local = cache_root() / "prepared" / f"{place}-{self.manifest_sha256[:16]}"
+            self.local.mkdir(parents=True, exist_ok=True)
 
     def _filesystem(self):
         import fsspec
