@@ -145,7 +145,7 @@ def _write_shard(path: Path, blocks: list[np.ndarray], starts: list[np.ndarray] 
 
 def _prepare_tokenizer(config, objective, train_corpus, output: Path):
     """The configured tokenizer, the one an earlier (interrupted) prepare trained into ``output``, or a new one."""
-    from sslnlp.tokenizer import load_tokenizer, train_tokenizer
+    from sslnlp.tokenizer import load_tokenizer, train_tokenizer_into
 
     options, saved, partial = config.tokenizer, output / "tokenizer", output / "tokenizer.partial"
     shutil.rmtree(partial, ignore_errors=True)
@@ -157,13 +157,7 @@ def _prepare_tokenizer(config, objective, train_corpus, output: Path):
             os.replace(partial, saved)
         return tokenizer
     if not (saved / "tokenizer.json").is_file():
-        logger.info("training a %s tokenizer (vocabulary %d) on up to %d documents", options.kind, options.vocab_size,
-                    options.training_documents)
-        train_tokenizer(train_corpus, partial, kind=options.kind, encoder=objective.encoder,
-                        vocab_size=options.vocab_size, min_frequency=options.min_frequency,
-                        max_documents=options.training_documents, lowercase=options.lowercase)
-        shutil.rmtree(saved, ignore_errors=True)
-        os.replace(partial, saved)
+        train_tokenizer_into(train_corpus, saved, options, encoder=objective.encoder)
     return load_tokenizer(str(saved))
 
 

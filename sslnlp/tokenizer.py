@@ -333,6 +333,23 @@ def train_tokenizer(documents: Iterable[str], output_dir: str | os.PathLike | No
         pretrained_tokenizer.save_pretrained(os.fspath(output_dir))
     return pretrained_tokenizer
 
+def train_tokenizer_into(documents, saved: str | os.PathLike, options, *, encoder: bool) -> None:
+    """Train a tokenizer with a run's TokenizerConfig ``options`` into ``saved``, whole or not at all: it is written
+    to ``saved``.partial and renamed into place, so a kill never leaves half a tokenizer there."""
+    import logging
+    import shutil
+
+    saved = Path(saved)
+    logging.getLogger(__name__).info("training a %s tokenizer (vocabulary %d) on up to %d documents", options.kind,
+                                     options.vocab_size, options.training_documents)
+    partial = saved.with_name(saved.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    train_tokenizer(documents, partial, kind=options.kind, encoder=encoder, vocab_size=options.vocab_size,
+                    min_frequency=options.min_frequency, max_documents=options.training_documents,
+                    lowercase=options.lowercase)
+    shutil.rmtree(saved, ignore_errors=True)  # a directory without tokenizer.json is not a tokenizer
+    os.replace(partial, saved)
+
 
 def load_tokenizer(name_or_path: str | os.PathLike | transformers.PreTrainedTokenizerBase, *,
                    trust_remote_code: bool = False) -> transformers.PreTrainedTokenizerBase:

@@ -19,7 +19,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +52,7 @@ from sslnlp.runtime import (
     resolve_mixed_precision,
     use_deterministic_algorithms,
 )
-from sslnlp.tokenizer import load_tokenizer, train_tokenizer
+from sslnlp.tokenizer import load_tokenizer, train_tokenizer_into
 
 logger = logging.getLogger(__name__)
 
@@ -124,15 +123,7 @@ def prepare_tokenizer(config: PretrainConfig, objective: Objective, corpus, acce
         return load_tokenizer(str(corpus.data.tokenizer_path()))
     saved = output_dir / "tokenizer"
     if accelerator.is_main_process and trains_tokenizer(config, output_dir):
-        logger.info("training a %s tokenizer (vocabulary %d) on up to %d documents", options.kind, options.vocab_size,
-                    options.training_documents)
-        partial = output_dir / "tokenizer.partial"  # renamed into place whole: a kill never leaves half a tokenizer
-        shutil.rmtree(partial, ignore_errors=True)
-        train_tokenizer(corpus, partial, kind=options.kind, encoder=objective.encoder,
-                        vocab_size=options.vocab_size, min_frequency=options.min_frequency,
-                        max_documents=options.training_documents, lowercase=options.lowercase)
-        shutil.rmtree(saved, ignore_errors=True)  # a directory without tokenizer.json is not a tokenizer
-        os.replace(partial, saved)
+        train_tokenizer_into(corpus, saved, options, encoder=objective.encoder)
     accelerator.wait_for_everyone()
     return load_tokenizer(str(saved))
 
