@@ -3,12 +3,15 @@
     python benchmarks/simcse.py                        # three arms of --budget seconds (default 1,200 each): ~70 min
     python benchmarks/simcse.py --budget 300           # the same at 5 minutes per arm
     python benchmarks/simcse.py --finetune             # also fine-tune each arm (3 seeds, and random weights)
+    python benchmarks/simcse.py --simcse-override objective.temperature=0.1   # change an arm's recipe
 
 Run from the repository root, on an otherwise idle machine (the budgets are wall-clock seconds). Every arm trains on
 the team's local corpus (``benchmarks/cram.py``'s LOCAL_DATA: ../shared/corpora/train.jsonl.xz, documents shuffled)
 with one shared tokenizer, then is scored on wordnet_supersense (benchmarks/recipes/evaluate/cram-wordnet.yaml):
 the mean-pooled linear probe of the last layer, the kNN score (cosine, k chosen on validation) and alignment /
-uniformity, each beside the same architecture with random weights; with --finetune, the fine-tune median of 3 seeds.
+uniformity, each beside the same architecture with random weights (measured once when the arms share their
+architecture, as the recipes do); with --finetune, the fine-tune median of 3 seeds. A finished arm in --output-dir
+(its summary.json) is reused, not trained again: an interrupted invocation continues where it stopped.
 
   1. masked LM: recipes/cram-cpu.yaml for the whole budget;
   2. masked LM then SimCSE: recipes/cram-cpu.yaml for 3/4 of the budget, then recipes/simcse-cpu.yaml from it for
@@ -19,6 +22,7 @@ uniformity, each beside the same architecture with random weights; with --finetu
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -43,6 +47,12 @@ def train(recipe: str, output_dir: Path, budget: float, tokenizer_dir: str, extr
           f"{summary['train_runtime']:.0f} s (wall {time.perf_counter() - started:.0f} s); held-out loss "
           f"{summary.get('eval_loss', float('nan')):.4f}", flush=True)
     return summary
+
+
+def architecture(model_dir: Path) -> dict:
+    """The model's configuration less what does not change a random-weight twin (its class, dtype, provenance)."""
+    config = json.loads((model_dir / "config.json").read_text())
+    return {k: v for k, v in config.items() if k not in ("architectures", "dtype", "torch_dtype", "transformers_version")}
 
 
 def cells(row: dict) -> list[str]:
@@ -70,6 +80,8 @@ def main() -> None:
     parser.add_argument("--finetune", action="store_true", help="also fine-tune every arm (3 seeds + random weights)")
     parser.add_argument("--simcse-override", action="append", default=[], metavar="KEY=VALUE",
                         help="extra override of recipes/simcse-cpu.yaml (arm 2's second stage); repeatable")
+    parser.add_argument("--joint-override", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra override of recipes/mlm-simcse-cpu.yaml (arm 3); repeatable")
     args = parser.parse_args()
     output_dir = Path(args.output_dir)
     started = time.perf_counter()
@@ -85,10 +97,14 @@ def main() -> None:
     train("cram-cpu.yaml", stage_one, first_stage, tokenizer_dir, [])
     train("simcse-cpu.yaml", arms[1][1], args.budget - first_stage, tokenizer_dir,
           [f"model.model_name_or_path={stage_one}", *args.simcse_override])
-    train("mlm-simcse-cpu.yaml", arms[2][1], args.budget, tokenizer_dir, [])
+    train("mlm-simcse-cpu.yaml", arms[2][1], args.budget, tokenizer_dir, args.joint_override)
     rows = []
     for name, directory in arms:
-        row = evaluate(directory, directory.with_name(directory.name + "-eval"), args.finetune)
+        shared = rows and architecture(directory) == architecture(arms[0][1])
+        row = evaluate(directory, directory.with_name(directory.name + "-eval"), args.finetune,
+                       ["random_baseline=false"] if shared else [])
+        if shared:  # the same architecture with random weights (seed 0): the first arm's floors are this arm's
+            row |= {key: rows[0][1][key] for key in ("random_probe", "random_finetune") if key in rows[0][1]}
         rows.append((name, row))
         print(f"{name}: " + " | ".join(cells(row)), flush=True)
     print()

@@ -168,14 +168,18 @@ class SparseMaskedLMHead:
     ``model(**batch)``.
     """
 
-    def __init__(self, model):
+    def __init__(self, model, keep_hidden: bool = False):
         self.positions: torch.Tensor | None = None
+        self.keep_hidden = keep_hidden  # also keep the full last_hidden_state [B, L, H] of the latest forward
+        self.hidden: torch.Tensor | None = None
         self.handle = model.base_model.register_forward_hook(self._narrow)
 
     def _narrow(self, module, inputs, output):
         if self.positions is None:
             return output
         hidden = output[0]  # [B, L, H]
+        if self.keep_hidden:
+            self.hidden = hidden
         narrowed = hidden.reshape(-1, hidden.shape[-1]).index_select(0, self.positions).unsqueeze(0)  # [1, N, H]
         if isinstance(output, tuple):
             return (narrowed,) + tuple(output[1:])

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -45,6 +46,10 @@ class BlockLayout:
             many tokens instead, one padded row each (with an attention mask), never crossing a document boundary:
             what contrastive objectives need, a view being one piece of text.
         min_segment_tokens: segments shorter than this (a document's tail) are dropped.
+        segment_pairs: with segment_tokens, each row holds two consecutive segments of one document (segments 0 and
+            1, 2 and 3, ...; an unpaired last one is dropped): input_ids and attention_mask [2, L] per row, plus the
+            row's ``document`` (a checksum of the document's tokens, so that rows of one document can be told apart
+            from rows of others in a batch).
     """
 
     prefix: tuple[int, ...]
@@ -53,6 +58,7 @@ class BlockLayout:
     word_starts: bool = False
     segment_tokens: int = 0
     min_segment_tokens: int = 1
+    segment_pairs: bool = False
 
     @classmethod
     def encoder(cls, tokenizer, word_starts: bool = False) -> "BlockLayout":
@@ -64,10 +70,11 @@ class BlockLayout:
         return cls((start,), (end,), end, word_starts)
 
     @classmethod
-    def segments(cls, tokenizer, segment_tokens: int, min_segment_tokens: int = 1) -> "BlockLayout":
-        """[CLS] segment [SEP] rows: each document cut into segments of at most ``segment_tokens`` tokens."""
+    def segments(cls, tokenizer, segment_tokens: int, min_segment_tokens: int = 1, pairs: bool = False) -> "BlockLayout":
+        """[CLS] segment [SEP] rows: each document cut into segments of at most ``segment_tokens`` tokens (``pairs``:
+        two consecutive segments per row)."""
         packed = cls.encoder(tokenizer)
-        return cls(packed.prefix, packed.suffix, packed.separator, False, segment_tokens, min_segment_tokens)
+        return cls(packed.prefix, packed.suffix, packed.separator, False, segment_tokens, min_segment_tokens, pairs)
 
     @classmethod
     def decoder(cls, tokenizer) -> "BlockLayout":
@@ -137,10 +144,11 @@ class BlockPacker:
 class SegmentPacker:
     """Cuts each document into consecutive segments of at most ``segment_tokens`` tokens (the tail kept when it has
     ``min_segment_tokens``), one row per segment: prefix + segment + suffix, right-padded to ``max_seq_length``, with
-    an attention mask. Nothing carries over between documents, so the state is empty."""
+    an attention mask. With ``pairs``, a row holds two consecutive segments of one document ([n, 2, L]) and the
+    document's checksum. Nothing carries over between documents, so the state is empty."""
 
     def __init__(self, max_seq_length: int, prefix: list[int], suffix: list[int], pad_token_id: int,
-                 segment_tokens: int, min_segment_tokens: int):
+                 segment_tokens: int, min_segment_tokens: int, pairs: bool = False):
         self.max_seq_length = max_seq_length
         self.prefix = np.asarray(prefix, dtype=np.int32)
         self.suffix = np.asarray(suffix, dtype=np.int32)
@@ -149,12 +157,13 @@ class SegmentPacker:
             raise ValueError(f"max_seq_length={max_seq_length} leaves no room for a segment between the special tokens")
         self.min_segment_tokens = max(1, min_segment_tokens)
         self.pad_token_id = pad_token_id
+        self.pairs = pairs
 
-    def add(self, documents_ids: list[list[int]]):
-        """Rows (input_ids [n, L] int32, attention_mask [n, L] bool) of the documents' segments, in order."""
-        pieces = [ids[start: start + self.segment_tokens] for ids in documents_ids
-                  for start in range(0, len(ids), self.segment_tokens)]
-        pieces = [piece for piece in pieces if len(piece) >= self.min_segment_tokens]
+    def _segments(self, ids) -> list:
+        pieces = [ids[start: start + self.segment_tokens] for start in range(0, len(ids), self.segment_tokens)]
+        return [piece for piece in pieces if len(piece) >= self.min_segment_tokens]
+
+    def _rows(self, pieces: list) -> tuple[np.ndarray, np.ndarray]:
         rows = np.full((len(pieces), self.max_seq_length), self.pad_token_id, dtype=np.int32)
         attention = np.zeros((len(pieces), self.max_seq_length), dtype=bool)
         for row, piece in enumerate(pieces):
@@ -162,6 +171,23 @@ class SegmentPacker:
             rows[row, : len(values)] = values
             attention[row, : len(values)] = True
         return rows, attention
+
+    def add(self, documents_ids: list[list[int]]) -> dict:
+        """The documents' rows, in order: ``input_ids`` int32 and ``attention_mask`` bool, [n, L] (pairs: [n, 2, L],
+        plus ``document`` int64 [n])."""
+        if not self.pairs:
+            rows, attention = self._rows([piece for ids in documents_ids for piece in self._segments(ids)])
+            return {"input_ids": rows, "attention_mask": attention}
+        pieces, documents = [], []
+        for ids in documents_ids:
+            segments = self._segments(ids)
+            pairs = len(segments) // 2
+            pieces.extend(segments[: 2 * pairs])
+            documents.extend([zlib.crc32(np.asarray(ids, dtype=np.int32).tobytes())] * pairs)
+        rows, attention = self._rows(pieces)
+        return {"input_ids": rows.reshape(-1, 2, self.max_seq_length),
+                "attention_mask": attention.reshape(-1, 2, self.max_seq_length),
+                "document": np.asarray(documents, dtype=np.int64)}
 
     def state(self) -> dict:
         return {}
@@ -246,7 +272,7 @@ class PackedBlocks(torch.utils.data.IterableDataset):
         """Chunks of one shard, resuming after ``state`` (a ``chunk['state']`` seen earlier) when given."""
         if self.layout.segment_tokens:
             packer = SegmentPacker(self.max_seq_length, self.prefix, self.suffix, self.pad_token_id,
-                                   self.layout.segment_tokens, self.layout.min_segment_tokens)
+                                   self.layout.segment_tokens, self.layout.min_segment_tokens, self.layout.segment_pairs)
         else:
             packer = BlockPacker(self.max_seq_length, self.prefix, self.suffix, self.separator, self.with_word_starts)
         epoch, position = 0, None
@@ -269,7 +295,7 @@ class PackedBlocks(torch.utils.data.IterableDataset):
                     self.backend.encode_batch([text for text, _ in batch], add_special_tokens=False)
                 chunk = {"shard": shard}
                 if self.layout.segment_tokens:
-                    chunk["input_ids"], chunk["attention_mask"] = packer.add([e.ids for e in encodings])
+                    chunk.update(packer.add([e.ids for e in encodings]))
                 else:
                     starts = [word_starts_of(e) for e in encodings] if self.with_word_starts else None
                     chunk["input_ids"], block_starts = packer.add([e.ids for e in encodings], starts)
@@ -361,7 +387,7 @@ class BlockStream:
                 self.chunks_consumed += 1
                 if chunk["state"] is not None:
                     self.shard_states[chunk["shard"]] = chunk["state"]
-                keys = [k for k in ("input_ids", "word_starts", "attention_mask") if k in chunk]
+                keys = [k for k in ("input_ids", "word_starts", "attention_mask", "document") if k in chunk]
                 for row in range(len(chunk["input_ids"])):
                     self.buffer.append({k: chunk[k][row] for k in keys})
             if not self.buffer or (exhausted and self.drop_last and len(self.buffer) < self.batch_size):

@@ -37,10 +37,26 @@ def main() -> None:
     without = float(accelerator.reduce(objective.loss(prepared, {"input_ids": input_ids[rows],
                                                                    "attention_mask": attention_mask[rows]}).sums["contrastive"].detach(), "sum"))
     reference = float(objective.loss(model, {"input_ids": input_ids, "attention_mask": attention_mask}).sums["contrastive"])
+
+    # Adjacent pairs: 8 pairs (first segments input_ids, second segments seconds), 4 per rank; pairs 0 (rank 0) and
+    # 4 (rank 1) come from one document, so each is no negative of the other although they sit on different ranks.
+    paired = SimCSE(SimCSEConfig(dropout=0.0, positives="adjacent"), ModelConfig())
+    seconds = torch.randint(5, 64, (8, 12))
+    documents = torch.tensor([0, 1, 2, 3, 0, 5, 6, 7])
+
+    def pairs(chosen):
+        return {"input_ids": torch.cat([input_ids[chosen], seconds[chosen]]),
+                "attention_mask": torch.cat([attention_mask[chosen], attention_mask[chosen]]), "document": documents[chosen]}
+
+    model.paired = True  # the module inside the DDP wrapper: batches now hold both views
+    paired_local = float(accelerator.reduce(paired.loss(prepared, pairs(rows)).sums["contrastive"].detach(), "sum"))
+    paired.config.gather_across_ranks = False  # the whole global batch is local here
+    paired_reference = float(paired.loss(model, pairs(slice(0, 8))).sums["contrastive"])
     if accelerator.is_main_process:
         with open(sys.argv[1], "w") as handle:
             json.dump({"world": world, "gathered": gathered_total, "local_only": without, "one_process": reference,
-                       "gradient": gradient}, handle)
+                       "gradient": gradient, "paired_gathered": paired_local, "paired_one_process": paired_reference},
+                      handle)
 
 
 if __name__ == "__main__":
