@@ -16,7 +16,8 @@ architecture, as the recipes do); with --finetune, the fine-tune median of 3 see
   1. masked LM: recipes/cram-cpu.yaml for the whole budget;
   2. masked LM then SimCSE: recipes/cram-cpu.yaml for 3/4 of the budget, then recipes/simcse-cpu.yaml from it for
      the last 1/4 (15 + 5 minutes at the default);
-  3. joint: recipes/mlm-simcse-cpu.yaml (masked LM + 0.1 x contrastive on segments) for the whole budget.
+  3. joint: recipes/mlm-simcse-cpu.yaml (masked LM + 0.5 x contrastive on adjacent segments, one shared encoder
+     pass) for the whole budget.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def main() -> None:
     arms = [("masked LM (cram-cpu)", output_dir / "mlm"),
             (f"masked LM {first_stage / 60:.0f} min, then SimCSE {(args.budget - first_stage) / 60:.0f} min",
              output_dir / "mlm-then-simcse"),
-            ("joint: MLM + 0.1 x SimCSE (mlm-simcse-cpu)", output_dir / "joint")]
+            ("joint: MLM + contrastive (mlm-simcse-cpu)", output_dir / "joint")]
     train("cram-cpu.yaml", arms[0][1], args.budget, tokenizer_dir, [])
     stage_one = output_dir / "mlm-stage-one"
     train("cram-cpu.yaml", stage_one, first_stage, tokenizer_dir, [])
