@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 from collections.abc import Iterable, Iterator
@@ -333,12 +335,10 @@ def train_tokenizer(documents: Iterable[str], output_dir: str | os.PathLike | No
         pretrained_tokenizer.save_pretrained(os.fspath(output_dir))
     return pretrained_tokenizer
 
+
 def train_tokenizer_into(documents, saved: str | os.PathLike, options, *, encoder: bool) -> None:
     """Train a tokenizer with a run's TokenizerConfig ``options`` into ``saved``, whole or not at all: it is written
     to ``saved``.partial and renamed into place, so a kill never leaves half a tokenizer there."""
-    import logging
-    import shutil
-
     saved = Path(saved)
     logging.getLogger(__name__).info("training a %s tokenizer (vocabulary %d) on up to %d documents", options.kind,
                                      options.vocab_size, options.training_documents)

@@ -79,8 +79,9 @@ class SimCSEConfig(ObjectiveConfig):
     shared_pass: bool = option(False, "Joint objective: one encoder pass serves both losses: the masked copy is also "
                                       "the contrastive view (masking joins dropout as the augmentation; with "
                                       "'dropout' positives the other view is the unmasked segment), and the MLM head "
-                                      "runs on the masked positions only (model.sparse_prediction). Saves one or two "
-                                      "of the three passes per segment.")
+                                      "runs on the masked positions only (a sparse head, whatever "
+                                      "model.sparse_prediction says). Saves one or two of the three passes per "
+                                      "segment.")
 
     def check(self) -> None:
         if self.pooling not in POOLINGS:
@@ -163,11 +164,11 @@ class ContrastiveEncoder(torch.nn.Module):
     def forward(self, input_ids, attention_mask, mlm_input_ids=None, mlm_labels=None) -> dict:
         if self.sparse_head is not None and mlm_input_ids is not None:
             return self.shared_pass(input_ids, attention_mask, mlm_input_ids, mlm_labels)
-        views = {"input_ids": input_ids, "attention_mask": attention_mask} if self.paired else \
+        rows = {"input_ids": input_ids, "attention_mask": attention_mask} if self.paired else \
             {"input_ids": torch.cat([input_ids, input_ids]), "attention_mask": torch.cat([attention_mask, attention_mask])}
         encoder = self.model.base_model if self.has_head else self.model
-        hidden = encoder(**views).last_hidden_state  # [2B, L, H]: one dropout draw per row
-        views = pool(hidden, views["attention_mask"], self.pooling).float().chunk(2)
+        hidden = encoder(**rows).last_hidden_state  # [2B, L, H]: one dropout draw per row
+        views = pool(hidden, rows["attention_mask"], self.pooling).float().chunk(2)
         out = {"view_1": views[0], "view_2": views[1]}
         if mlm_input_ids is not None:
             out["mlm_logits"] = self.model(input_ids=mlm_input_ids, attention_mask=attention_mask).logits
@@ -198,6 +199,11 @@ class SimCSE(Objective):
     pipeline_tag = "sentence-similarity"
     supports_attention_within_documents = True  # already true of its unpacked segments: see the module docstring
     train_metrics = True  # the contrastive accuracy (view 2 picked among the batch) is logged every window
+
+    def __init__(self, config, model_options=None):
+        super().__init__(config, model_options)
+        self.sparse_head: SparseMaskedLMHead | None = None  # the shared pass's head (build_model)
+        self.model_dropout: dict[str, float] = {}  # the model's own dropout values, restored in the export
 
     def weights(self) -> dict[str, float]:
         terms = {"contrastive": self.config.contrastive_weight}
@@ -241,9 +247,6 @@ class SimCSE(Objective):
         if self.config.shared_pass:
             self.sparse_head = SparseMaskedLMHead(model, keep_hidden=True)
         return ContrastiveEncoder(model, self.config.pooling, self.paired, self.sparse_head)
-
-    sparse_head: SparseMaskedLMHead | None = None
-    model_dropout: dict[str, float] = {}  # the model's own dropout values, restored in the export
 
     def close(self) -> None:
         if self.sparse_head is not None:
@@ -303,10 +306,9 @@ class SimCSE(Objective):
         length = min(sequence_length, self.config.max_segment_tokens + 2)
         # dropout views: every token (counted once) is encoded twice; adjacent pairs: each token is in one view
         passes = 1 if self.paired else 2
-        if self.config.shared_pass:  # the masked copy is one of those passes; the head sees the masked positions
-            return passes * flops_per_token(model_config, length, 0.0) + (
-                flops_per_token(model_config, length, self.config.mlm_probability)
-                - flops_per_token(model_config, length, 0.0))
+        if self.config.shared_pass:  # one of those passes is the masked copy, its head on the masked positions
+            return (passes - 1) * flops_per_token(model_config, length, 0.0) + flops_per_token(
+                model_config, length, self.config.mlm_probability)
         flops = passes * flops_per_token(model_config, length, 0.0)
         if self.config.mlm_weight > 0:
             flops += flops_per_token(model_config, length, 1.0)  # the masked copy, dense head
