@@ -39,12 +39,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # measure this che
 import torch  # noqa: E402
 
 from sslnlp.config import PretrainConfig, load_config  # noqa: E402
-from sslnlp.corpus import load_corpus  # noqa: E402
-from sslnlp.modeling import build_model_config  # noqa: E402
+from sslnlp.data.corpus import load_corpus  # noqa: E402
+from sslnlp.models.modeling import build_model_config  # noqa: E402
 from sslnlp.objectives import build_objective  # noqa: E402
-from sslnlp.packing import BlockStream, PackedBlocks  # noqa: E402
+from sslnlp.data.blocks import BlockStream  # noqa: E402
+from sslnlp.data.packing import PackedBlocks  # noqa: E402
 from sslnlp.runtime import resolve_mixed_precision  # noqa: E402
-from sslnlp.tokenizer import load_tokenizer, train_tokenizer  # noqa: E402
+from sslnlp.data.tokenizer import load_tokenizer, train_tokenizer  # noqa: E402
 
 CORPUS = "sslnlp:python-docs"
 DISTINCT_BATCHES = 8  # batches cycled through by both arms

@@ -1,7 +1,7 @@
 """Quality per CPU-minute: recipes/cram-cpu.yaml against the standard Hugging Face pipeline, scored on WordNet supersenses.
 
     python benchmarks/cram.py                          # the whole comparison: ~70 minutes on 2 CPU cores
-    python benchmarks/cram.py --skip-reference-finetune   # as the README's table: the reference probed only (49 min)
+    python benchmarks/cram.py --skip-reference-finetune   # as docs/reports/2026-11-29-quality-per-cpu-minute.md: the reference probed only (49 min)
     python benchmarks/cram.py --skip-reference         # the recipe and its evaluation only (~35 minutes)
     python benchmarks/cram.py --ablate --budget 240    # ablations: each variant trained 240 s, then probed
     python benchmarks/cram.py --ablate --budget 240 --only "mask 30%" "batch 64"   # some of them (name contains)
@@ -59,7 +59,7 @@ CRAM_4_LAYERS = json.dumps(yaml.safe_load((ROOT / "recipes" / "cram-cpu.yaml").r
 BERT_256x4 = json.dumps({"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
                          "intermediate_size": 1024, "max_position_embeddings": 128})
 # One change each against the recipe (dotted overrides of recipes/cram-cpu.yaml: batch 32, mask 40%,
-# warmup-stable-decay, lr 1.5e-3, bf16, sparse head, documents shuffled, ModernBERT 256 x 2 layers). The README's
+# warmup-stable-decay, lr 1.5e-3, bf16, sparse head, documents shuffled, ModernBERT 256 x 2 layers). The report's
 # 240-s table was measured on 2026-11-28/29 against the recipe's first version (batch 64, mask 30%, linear decay);
 # its last row is the "first version" entry here.
 ABLATIONS = {
@@ -79,7 +79,7 @@ ABLATIONS = {
     "BERT post-norm, GELU MLP 1024, learned positions": ["model.model_type=bert", f"model.config_overrides={BERT_256x4}"],
     "4 layers (instead of 2; the issue's reference depth)": [f"model.config_overrides={CRAM_4_LAYERS}"],
     "fp32 (instead of bf16)": ["training.mixed_precision=no"],
-    "dense head (no sparse prediction)": ["model.sparse_prediction=false"],
+    "dense head (no sparse prediction)": ["objective.sparse_prediction=false"],
     "attention within documents (data.attention_within_documents)": ["data.attention_within_documents=true"],
 }
 
@@ -108,8 +108,8 @@ def evaluation_config(model_dir: Path, output_dir: Path, extra: list[str]):
 
 def shared_tokenizer(output_dir: Path) -> str:
     """The recipe's tokenizer trained once (WordPiece 8,192 on the first 20,000 shuffled documents): ablations share it."""
-    from sslnlp.corpus import load_corpus
-    from sslnlp.tokenizer import train_tokenizer
+    from sslnlp.data.corpus import load_corpus
+    from sslnlp.data.tokenizer import train_tokenizer
 
     directory = output_dir / "tokenizer"
     if not (directory / "tokenizer.json").exists():
@@ -121,7 +121,7 @@ def shared_tokenizer(output_dir: Path) -> str:
 
 
 def run_recipe(output_dir: Path, budget: float, tokenizer_dir: str | None, extra: list[str]) -> dict:
-    from sslnlp.train import pretrain
+    from sslnlp.training.loop import pretrain
 
     started = time.perf_counter()
     summary = pretrain(recipe_config(output_dir, budget, tokenizer_dir, extra))
@@ -136,8 +136,8 @@ def run_reference(output_dir: Path, steps: int) -> dict:
     from transformers import (BertConfig, BertForMaskedLM, DataCollatorForLanguageModeling, Trainer,
                               TrainingArguments, set_seed)
 
-    from sslnlp.corpus import load_corpus
-    from sslnlp.tokenizer import train_tokenizer
+    from sslnlp.data.corpus import load_corpus
+    from sslnlp.data.tokenizer import train_tokenizer
     from throughput import build_reference_dataset  # run_mlm-style tokenize + group_texts, cached under /tmp
 
     corpus = str(CORPORA / "small.jsonl.gz")
@@ -164,8 +164,8 @@ def run_reference(output_dir: Path, steps: int) -> dict:
 
 
 def evaluate(model_dir: Path, output_dir: Path, finetune_too: bool, extra: list[str] = (), layer0: bool = False) -> dict:
-    from sslnlp.finetuning import finetune
-    from sslnlp.probing import probe
+    from sslnlp.evaluation.finetuning import finetune
+    from sslnlp.evaluation.probing import probe
 
     config = evaluation_config(model_dir, output_dir, list(extra))
     started = time.perf_counter()
@@ -238,7 +238,7 @@ def comparison(args, output_dir: Path) -> None:
 def charts(output_dir: Path, run_dirs: list[Path], labels: list[str], results: list[Path]) -> None:
     """sslnlp report over the runs of this invocation (skipped, saying so, without matplotlib)."""
     try:
-        from sslnlp.report import write_report
+        from sslnlp.publishing.report import write_report
 
         page = write_report(run_dirs, output_dir / "report", labels=labels, results=results,
                             title=f"benchmarks/cram.py, {output_dir}")

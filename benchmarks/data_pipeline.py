@@ -42,10 +42,11 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # Run as a file, sys.path[0] is benchmarks/; put the checkout first so we measure this tree's sslnlp.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sslnlp.corpus import load_corpus  # noqa: E402
-from sslnlp.masking import MaskedLanguageModelingCollator  # noqa: E402
-from sslnlp.packing import BlockLayout, BlockStream, PackedBlocks  # noqa: E402
-from sslnlp.tokenizer import load_tokenizer, train_tokenizer  # noqa: E402
+from sslnlp.data.corpus import load_corpus  # noqa: E402
+from sslnlp.data.masking import MaskedLanguageModelingCollator  # noqa: E402
+from sslnlp.data.blocks import BlockStream  # noqa: E402
+from sslnlp.data.packing import BlockLayout, PackedBlocks  # noqa: E402
+from sslnlp.data.tokenizer import load_tokenizer, train_tokenizer  # noqa: E402
 
 BLOCK_LENGTH, BATCH_SIZE, VOCAB_SIZE = 128, 32, 30522
 
@@ -81,7 +82,7 @@ def run_sslnlp(corpus: str, tokenizer, shuffle_buffer_size: int = 0, max_tokens:
 
 def run_prepared(directory: str, tokenizer, shuffle_buffer_size: int = 0, max_tokens: int = 0) -> int:
     """One pass over prepared shards: memory-mapped blocks -> the same BlockStream and collator as A."""
-    from sslnlp.shards import PreparedBlocks, PreparedData
+    from sslnlp.data.prepared import PreparedBlocks, PreparedData
 
     dataset = PreparedBlocks(PreparedData(directory).split("train"), layout=BlockLayout.encoder(tokenizer), repeat=False)
     return collated_tokens(dataset, tokenizer, shuffle_buffer_size, max_tokens)
@@ -90,7 +91,7 @@ def run_prepared(directory: str, tokenizer, shuffle_buffer_size: int = 0, max_to
 def prepare_corpus(corpus: str, tokenizer_dir: str, output: str, num_proc: int) -> dict:
     """sslnlp prepare of the corpus for 128-token MLM blocks (no validation split); returns the manifest."""
     from sslnlp.config import PretrainConfig, load_config
-    from sslnlp.shards import prepare
+    from sslnlp import prepare
 
     config = load_config(PretrainConfig, None, [f"data.train_files={corpus}", f"data.max_seq_length={BLOCK_LENGTH}",
                                                 f"tokenizer.tokenizer_name_or_path={tokenizer_dir}",
@@ -100,7 +101,7 @@ def prepare_corpus(corpus: str, tokenizer_dir: str, output: str, num_proc: int) 
 
 def time_prepare(corpus: str, tokenizer_dir: str, repeats: int, workspace: str) -> str:
     """prepare with 1 and 2 processes, alternated; prints tokens/s; returns one prepared directory."""
-    from sslnlp.shards import sha256_file
+    from sslnlp.data.prepared import sha256_file
 
     rates: dict[int, list[float]] = {1: [], 2: []}
     digests = set()

@@ -55,7 +55,7 @@ def config_of(recipe: str, output_dir: Path, budget: float, tokenizer_dir: str, 
 
 
 def train(recipe: str, output_dir: Path, budget: float, tokenizer_dir: str, extra: list[str]) -> dict:
-    from sslnlp.train import pretrain
+    from sslnlp.training.loop import pretrain
 
     if (output_dir / "summary.json").exists():  # an interrupted invocation: evaluate what finished
         return json.loads((output_dir / "summary.json").read_text())
@@ -118,7 +118,7 @@ def ablate(args, output_dir: Path) -> None:
 
 def cost(args, output_dir: Path) -> None:
     """tokens/s of MLM and ELECTRA on the same discriminator (electra-cpu's), alternating A B A B."""
-    from sslnlp.train import pretrain
+    from sslnlp.training.loop import pretrain
 
     tokenizer_dir = shared_tokenizer(output_dir)
     from sslnlp.objectives import get_objective

@@ -35,9 +35,9 @@ sys.path.insert(0, str(ROOT))  # run as a file, sys.path[0] is benchmarks/: meas
 import torch  # noqa: E402
 
 from sslnlp.config import EvaluateConfig, PretrainConfig, load_config  # noqa: E402
-from sslnlp.finetuning import finetune  # noqa: E402
-from sslnlp.probing import probe  # noqa: E402
-from sslnlp.results import results_markdown  # noqa: E402
+from sslnlp.evaluation.finetuning import finetune  # noqa: E402
+from sslnlp.evaluation.probing import probe  # noqa: E402
+from sslnlp.evaluation.results import results_markdown  # noqa: E402
 
 REFERENCES = {"wordnet_supersense": {"majority class": 0.083, "TF-IDF 1-2-grams + logistic regression": 0.747,
                                      "frozen all-MiniLM-L6-v2 mean-pooled probe": 0.776}}
@@ -59,7 +59,7 @@ def main() -> None:
     timings = {}
 
     if not args.skip_pretrain:
-        from sslnlp.train import pretrain
+        from sslnlp.training.loop import pretrain
 
         start = time.perf_counter()
         pretrain_config = load_config(PretrainConfig, ROOT / "recipes" / "tiny-cpu.yaml", [

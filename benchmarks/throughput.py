@@ -22,7 +22,7 @@ first --warmup steps of each run are dropped. A run's tokens/s is its steady-sta
 by step: sslnlp's from metrics.jsonl (logging_steps=1: per-step tokens, elapsed, data-wait fraction; the final
 checkpoint and export come after the last step and are not timed); the reference's from a TrainerCallback, step end
 to step end (the interval holds its data loading, as sslnlp's step holds its own). MFU uses
-sslnlp.modeling.flops_per_token with each pipeline's predicted fraction (reference: the full head, 1.0; sslnlp:
+sslnlp.models.modeling.flops_per_token with each pipeline's predicted fraction (reference: the full head, 1.0; sslnlp:
 mlm_probability) over one peak measured once in the parent (CPU: a bf16 or fp32 matmul; GPU: the table of known
 peaks). The reference's dataset is built once (not timed) and cached under /tmp. The last line is the ratio of the
 median tokens/s.
@@ -101,7 +101,7 @@ def child_sslnlp(spec: dict) -> dict:
     """One sslnlp run through pretrain(); per-step figures from its metrics.jsonl."""
     from sslnlp.config import DataConfig, ModelConfig, PretrainConfig, TokenizerConfig, TrainingConfig
     from sslnlp.objectives import get_objective
-    from sslnlp.train import pretrain
+    from sslnlp.training.loop import pretrain
 
     defaults = spec["precision"] == "defaults"
     with tempfile.TemporaryDirectory(prefix="sslnlp-bench-run-") as output_dir:
@@ -234,7 +234,7 @@ def load_average() -> str:
 def measure_peak_flops(device: str, precision: str) -> float:
     import torch
 
-    from sslnlp.modeling import peak_flops_per_second
+    from sslnlp.models.modeling import peak_flops_per_second
 
     return peak_flops_per_second(torch.device(device), "no" if precision == "fp32" else "bf16")
 
@@ -242,7 +242,7 @@ def measure_peak_flops(device: str, precision: str) -> float:
 def model_flops(spec: dict, predicted_fraction: float) -> float:
     from transformers import BertConfig
 
-    from sslnlp.modeling import flops_per_token
+    from sslnlp.models.modeling import flops_per_token
 
     return flops_per_token(BertConfig(vocab_size=VOCAB_SIZE, **spec["model"]), spec["sequence_length"], predicted_fraction)
 

@@ -58,7 +58,7 @@ class DataConfig:
     documents_per_batch: int = option(64, "Documents tokenized per batched tokenizer call.")
     attention_within_documents: bool = option(False, "Packed blocks: each token attends only within its own document "
                                                      "(causally for decoders) and positions restart at 0 after each "
-                                                     "separator (sslnlp.documents).")
+                                                     "separator (sslnlp.data.documents).")
     num_workers: int = option(0, "DataLoader worker processes per rank (0: tokenize in the main process).")
     seed: int = option(0, "Seed of the mixture and the shuffle buffer.")
 
@@ -78,21 +78,33 @@ class ObjectiveConfig:
     """The ``objective:`` section: ``name`` picks a registered objective (sslnlp.objectives), whose own config class
     (a subclass of this one) holds its options, e.g. ``objective: {name: mlm, mlm_probability: 0.3}``."""
 
-    name: str = option("mlm", "Pretraining objective: one of the registered objectives (mlm, clm, ...; "
-                              "see sslnlp.objectives).")
+    name: str = option("", "Pretraining objective: one of the registered objectives (sslnlp.objectives; empty: "
+                           "the default one, masked LM).")
 
     def check(self) -> None:
         """Reject contradictions among this objective's options (one line naming the key)."""
 
 
 # name -> the objective's config class; filled by sslnlp.objectives.register_objective (this module imports none).
+# The first objective registered as the default (the objectives package registers masked LM so) is what a config
+# without ``objective.name`` gets.
 OBJECTIVE_CONFIGS: dict[str, type] = {}
+DEFAULT_OBJECTIVE: list[str] = []
 
 
-def register_objective_config(name: str, config_class: type) -> None:
+def register_objective_config(name: str, config_class: type, default: bool = False) -> None:
     if not (dataclasses.is_dataclass(config_class) and issubclass(config_class, ObjectiveConfig)):
         raise TypeError(f"the config of objective {name!r} must be a dataclass subclassing ObjectiveConfig")
     OBJECTIVE_CONFIGS[name] = config_class
+    if default and not DEFAULT_OBJECTIVE:
+        DEFAULT_OBJECTIVE.append(name)
+
+
+def default_objective_name() -> str:
+    """The objective a config without ``objective.name`` trains (registered when sslnlp.objectives is imported)."""
+    if not DEFAULT_OBJECTIVE:
+        raise ConfigError("no objective is registered; import sslnlp (or sslnlp.objectives) before loading a config")
+    return DEFAULT_OBJECTIVE[0]
 
 
 def objective_config_class(name: str, key: str = "objective.name") -> type:
@@ -102,12 +114,9 @@ def objective_config_class(name: str, key: str = "objective.name") -> type:
     return OBJECTIVE_CONFIGS[name]
 
 
-DEFAULT_OBJECTIVE = "mlm"
-
-
 def default_objective() -> ObjectiveConfig:
     """The default objective's config (registered when sslnlp.objectives is imported, as ``import sslnlp`` does)."""
-    return OBJECTIVE_CONFIGS.get(DEFAULT_OBJECTIVE, ObjectiveConfig)()
+    return OBJECTIVE_CONFIGS[default_objective_name()]()
 
 
 @dataclass
@@ -119,7 +128,6 @@ class ModelConfig:
                                         "num_hidden_layers, ...).")
     attn_implementation: str = option("sdpa", "Attention kernel: sdpa, eager, flash_attention_2, ...")
     pad_vocab_to_multiple_of: int = option(64, "Round the embedding matrix's rows up to this multiple.")
-    sparse_prediction: bool = option(True, "mlm: run the output head on the masked positions only (faster).")
     trust_remote_code: bool = option(False, "Allow code from the checkpoint's repository to run.")
 
 
@@ -165,13 +173,13 @@ class TrainingConfig:
 
 
 @dataclass
-class EvaluationConfig:
+class PretrainEvaluationConfig:
     eval_steps: int = option(0, "Evaluate every N steps (0: only at the end, when there is held-out text).")
     eval_blocks: int = option(256, "Held-out blocks per evaluation: the first N of the validation text in its "
                                    "stored order (cover all of it when it is sorted by source).")
     per_device_eval_batch_size: int = option(32, "Blocks per evaluation batch.")
-    eval_mlm_probability: float = option(0.15, "Masking rate of evaluation (fixed, so runs compare).")
-    eval_seed: int = option(1234, "Seed of the evaluation masks (fixed, so runs compare).")
+    eval_seed: int = option(1234, "Seed of the held-out batches' randomness (masks, replacements: fixed, so runs "
+                                  "compare).")
     probe_task: dict = option({}, "A labelled task (TaskConfig keys, e.g. {train_file: ..., label_field: ...} or "
                                   "{name: sst2}) to probe during pretraining; empty: no probe.")
     probe_steps: int = option(0, "Run the linear probe every N steps (0: only at the end, when probe_task is set).")
@@ -219,7 +227,7 @@ class PretrainConfig:
     objective: ObjectiveConfig = field(default_factory=default_objective)
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
-    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    evaluation: PretrainEvaluationConfig = field(default_factory=PretrainEvaluationConfig)
     hub: HubConfig = field(default_factory=HubConfig)
 
     def check(self) -> None:
@@ -277,7 +285,6 @@ NUMERIC_RANGES = {
     "tokenizer.training_documents": (1, None, True, True), "model.pad_vocab_to_multiple_of": (1, None, True, True),
     "evaluation.eval_steps": (0, None, True, True), "evaluation.eval_blocks": (1, None, True, True),
     "evaluation.per_device_eval_batch_size": (1, None, True, True), "evaluation.probe_steps": (0, None, True, True),
-    "evaluation.eval_mlm_probability": (0, 1, False, False),
 }
 
 
@@ -367,7 +374,7 @@ def build(cls, values: dict, prefix: str = ""):
     for key, value in values.items():
         if key not in known:
             if issubclass(cls, ObjectiveConfig):
-                raise ConfigError(f"{prefix}{key} is not an option of objective {values.get('name', 'mlm')!r}; its "
+                raise ConfigError(f"{prefix}{key} is not an option of objective {values.get('name') or default_objective_name()!r}; its "
                                   f"options: {', '.join(prefix + k for k in known)}")
             raise _unknown_key(key, _all_keys(cls) if not prefix else known, prefix)
         annotation = types_of[key]
@@ -376,7 +383,7 @@ def build(cls, values: dict, prefix: str = ""):
             if not isinstance(value, dict):
                 raise ConfigError(f"{prefix}{key} must be a mapping such as {{name: mlm, mlm_probability: 0.15}}, "
                                   f"got {value!r}")
-            name = _convert(value.get("name", "mlm"), str, f"{prefix}{key}.name")
+            name = _convert(value.get("name") or default_objective_name(), str, f"{prefix}{key}.name")
             kwargs[key] = build(objective_config_class(name, f"{prefix}{key}.name"), {**value, "name": name},
                                 f"{prefix}{key}.")
         elif dataclasses.is_dataclass(annotation):
@@ -389,7 +396,7 @@ def build(cls, values: dict, prefix: str = ""):
 def _section_class(annotation, objective_name: str | None):
     """The dataclass of a nested section; the objective section's depends on the chosen objective."""
     if _is_objective_field(annotation):
-        return OBJECTIVE_CONFIGS.get(objective_name or "mlm", ObjectiveConfig)
+        return OBJECTIVE_CONFIGS.get(objective_name or default_objective_name(), ObjectiveConfig)
     return annotation
 
 
@@ -403,8 +410,11 @@ def _all_keys(cls, prefix: str = "", objective_name: str | None = None) -> list[
     return keys
 
 
-# Keys of the old ``masking:`` section (objective and masking options before objectives became plug-ins).
-LEGACY_KEYS = {"masking.objective": "objective.name", "masking.masking": "objective.masking"}
+# Keys that moved (key -> where it lives now): the old ``masking:`` section became the objective section when
+# objectives became plug-ins, and masked-LM settings left the general sections for the objectives that use them.
+LEGACY_KEYS = {"masking.objective": "objective.name", "masking.masking": "objective.masking",
+               "model.sparse_prediction": "objective.sparse_prediction",
+               "evaluation.eval_mlm_probability": "objective.eval_mlm_probability"}
 
 
 def _legacy_key(key: str) -> str | None:
@@ -413,20 +423,34 @@ def _legacy_key(key: str) -> str | None:
     return "objective." + key.split(".", 1)[1] if key.startswith("masking.") else None
 
 
-def translate_legacy_keys(values: dict, overrides: list[str], where: str = "config") -> tuple[dict, list[str]]:
-    """Rewrite the old ``masking:`` section and ``masking.*`` overrides into ``objective:``, saying what to rename.
-    MLM-only keys that the chosen objective does not have (a next-token recipe's old masking defaults) are dropped."""
+def _move_legacy_values(values: dict, where: str) -> list[tuple[str, str]]:
+    """Move the values of old keys in a recipe's sections to their new place; return (old, new) pairs."""
+    moved = []
     legacy = values.pop("masking", None)
-    renamed = []
-    if isinstance(legacy, dict):
-        section = values.setdefault("objective", {})
-        for key, value in legacy.items():
-            new = _legacy_key(f"masking.{key}")
-            section.setdefault(new.split(".", 1)[1], value)
-            renamed.append((f"masking.{key}", new))
-    elif legacy is not None:
+    if legacy is not None and not isinstance(legacy, dict):
         raise ConfigError(f"{where}: masking must be a mapping; it is now the objective section, e.g. "
                           "objective: {name: mlm, mlm_probability: 0.15}")
+    sections = {"masking": legacy or {}}
+    for old in LEGACY_KEYS:
+        section, key = old.split(".", 1)
+        if section != "masking" and isinstance(values.get(section), dict) and key in values[section]:
+            sections.setdefault(section, {})[key] = values[section].pop(key)
+    for section, entries in sections.items():
+        for key, value in entries.items():
+            new = _legacy_key(f"{section}.{key}")
+            values.setdefault("objective", {})
+            if not isinstance(values["objective"], dict):
+                continue
+            values["objective"].setdefault(new.split(".", 1)[1], value)
+            moved.append((f"{section}.{key}", new))
+    return moved
+
+
+def translate_legacy_keys(values: dict, overrides: list[str], where: str = "config") -> tuple[dict, list[str]]:
+    """Rewrite keys that moved (the old ``masking:`` section, ``model.sparse_prediction``,
+    ``evaluation.eval_mlm_probability``) to their place in the objective section, saying what to rename. Moved keys
+    that the chosen objective does not have (a next-token recipe's old masking defaults) are dropped."""
+    renamed = _move_legacy_values(values, where)
     translated = []
     for override in overrides:
         key, _, value = override.partition("=")
@@ -437,13 +461,15 @@ def translate_legacy_keys(values: dict, overrides: list[str], where: str = "conf
         translated.append(override)
     if renamed:
         name = next((o.split("=", 1)[1] for o in reversed(translated) if o.startswith("objective.name=")),
-                    (values.get("objective") or {}).get("name", "mlm"))
+                    (values.get("objective") or {}).get("name") or default_objective_name())
         fields = {f.name for f in dataclasses.fields(OBJECTIVE_CONFIGS.get(name, ObjectiveConfig))}
+        moved = {new.split(".", 1)[1] for _, new in renamed}
         section = values.get("objective") or {}
-        for key in [k for k in section if k not in fields]:
+        for key in [k for k in section if k in moved and k not in fields]:
             del section[key]
-        translated = [o for o in translated if not o.startswith("objective.") or o.split("=", 1)[0].split(".", 1)[1] in fields]
-        logger.warning("%s: the masking section is now the objective section; rename %s", where,
+        translated = [o for o in translated if o.split("=", 1)[0] not in {new for _, new in renamed}
+                      or o.split("=", 1)[0].split(".", 1)[1] in fields]
+        logger.warning("%s: these settings moved into the objective section; rename %s", where,
                        ", ".join(f"{old} -> {new}" for old, new in dict(renamed).items()))
     return values, translated
 
@@ -468,7 +494,7 @@ def apply_overrides(values: dict, overrides: list[str], cls) -> dict:
             if key.startswith("objective."):
                 options = [k for k in all_keys if k.startswith("objective.")]
                 guess = difflib.get_close_matches(key, options, n=1, cutoff=0.5)
-                raise ConfigError(f"{key} is not an option of objective {objective_name or 'mlm'!r}; "
+                raise ConfigError(f"{key} is not an option of objective {objective_name or default_objective_name()!r}; "
                                   + (f"did you mean {guess[0]!r}?" if guess else f"its options: {', '.join(options)}"))
             raise _unknown_key(key, all_keys, "")
         target = values
@@ -655,6 +681,23 @@ class EvaluateConfig:
         return configs
 
 
-# `sslnlp probe` and `sslnlp finetune` take the same config (one recipe can hold both sections).
-ProbeConfig = EvaluateConfig
-FinetuneConfig = EvaluateConfig
+# Names of earlier releases: `sslnlp probe` and `sslnlp finetune` take the same config (one recipe can hold both
+# sections), and the pretraining recipe's ``evaluation:`` section has a name that says whose it is.
+RENAMED_CLASSES = {"ProbeConfig": "EvaluateConfig", "FinetuneConfig": "EvaluateConfig",
+                   "EvaluationConfig": "PretrainEvaluationConfig"}
+
+
+def renamed_class(name: str):
+    """The class an old name stands for, with a one-line deprecation warning (module ``__getattr__`` of sslnlp and
+    sslnlp.config)."""
+    import warnings
+
+    warnings.warn(f"{name} is now {RENAMED_CLASSES[name]}; the old name will go in a later release", FutureWarning,
+                  stacklevel=3)
+    return globals()[RENAMED_CLASSES[name]]
+
+
+def __getattr__(name: str):
+    if name in RENAMED_CLASSES:
+        return renamed_class(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

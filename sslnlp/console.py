@@ -38,6 +38,22 @@ class _LibraryConsoleFilter(logging.Filter):
         return self.verbose or record.levelno >= logging.WARNING
 
 
+class StderrHandler(logging.StreamHandler):
+    """A handler that writes to whatever ``sys.stderr`` is when a record comes: a notebook, a test runner or a caller
+    that redirects stderr after the console was set up gets the lines, instead of a stream that may be closed."""
+
+    def __init__(self):
+        super().__init__()
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ / setStream: the stream is always the current stderr
+        pass
+
+
 def _sslnlp_console_handler() -> logging.Handler | None:
     return next((h for h in logger.handlers if h.get_name() == CONSOLE_HANDLER), None)
 
@@ -50,7 +66,7 @@ def set_up_console(verbosity: str | None = None) -> None:
     """
     handler = _sslnlp_console_handler()
     if handler is None:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = StderrHandler()
         handler.set_name(CONSOLE_HANDLER)
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
@@ -68,7 +84,7 @@ def set_up_console(verbosity: str | None = None) -> None:
     root = logging.getLogger()
     for old in [h for h in root.handlers if h.get_name() == LIBRARY_HANDLER]:
         root.removeHandler(old)
-    libraries = logging.StreamHandler(sys.stderr)
+    libraries = StderrHandler()
     libraries.set_name(LIBRARY_HANDLER)
     libraries.setFormatter(logging.Formatter(DETAILED))
     libraries.addFilter(_LibraryConsoleFilter(verbose))
@@ -96,7 +112,7 @@ def run_log(output_dir: str | Path, main_process: bool):
     if not main_process:
         yield
         return
-    from sslnlp.runtime import ensure_writable
+    from sslnlp.files import ensure_writable
 
     ensure_writable(Path(output_dir))
     handler = logging.FileHandler(Path(output_dir) / "train.log", encoding="utf-8")

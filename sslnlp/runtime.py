@@ -17,18 +17,6 @@ class TrainingError(RuntimeError):
     """The run cannot go on (non-finite steps, unwritable checkpoints): one line saying what to do."""
 
 
-def ensure_writable(output_dir: Path) -> None:
-    """Fail before any work if the run directory cannot be created or written."""
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as error:
-        raise TrainingError(f"output_dir={str(output_dir)!r} is not writable ({error.strerror or error}); "
-                            "choose another output_dir or fix its permissions") from None
-
-
 def make_accelerator(**options):
     """An Accelerator. When this process already made one with other settings (pretrain() in bf16 then again in
     fp32, in a notebook or a benchmark), the process-wide precision state is reset first, never the distributed one.

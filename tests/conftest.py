@@ -26,14 +26,14 @@ def documents() -> list[str]:
 
 @pytest.fixture(scope="session")
 def wordpiece_tokenizer(documents, tmp_path_factory):
-    from sslnlp.tokenizer import train_tokenizer
+    from sslnlp.data.tokenizer import train_tokenizer
 
     return train_tokenizer(documents, tmp_path_factory.mktemp("wordpiece"), kind="wordpiece", encoder=True, vocab_size=512)
 
 
 @pytest.fixture(scope="session")
 def bpe_tokenizer(documents, tmp_path_factory):
-    from sslnlp.tokenizer import train_tokenizer
+    from sslnlp.data.tokenizer import train_tokenizer
 
     return train_tokenizer(documents, tmp_path_factory.mktemp("bpe"), kind="bpe", encoder=False, vocab_size=320)
 

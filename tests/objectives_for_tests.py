@@ -1,6 +1,6 @@
 """Objectives registered by the test suite, not by the package: proof that an objective plugs in from outside.
 
-- ``random_token_detection``: a small objective written from scratch (the README's "Adding an objective" walks
+- ``random_token_detection``: a small objective written from scratch (docs/guides/adding-an-objective.md walks
   through it): 15% of the tokens are replaced by random tokens and a per-token two-way head says which were. Its
   model is transformers' AutoModelForTokenClassification, so the exported model loads with that class.
 - ``mlm_nonfinite``: masked LM whose loss is NaN at chosen optimizer steps (``objective.nonfinite_steps``), to test
@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 
 from sslnlp.config import ConfigError, ObjectiveConfig, option
-from sslnlp.masking import pad_token_id_of
-from sslnlp.modeling import build_model, flops_per_token
+from sslnlp.data.masking import pad_token_id_of
+from sslnlp.models.modeling import build_model, flops_per_token
 from sslnlp.objectives import Objective, ObjectiveLoss, register_objective
 from sslnlp.objectives.mlm import MaskedLanguageModeling, MaskedLanguageModelingConfig
-from sslnlp.packing import BlockLayout
+from sslnlp.data.packing import BlockLayout
 
 
 @dataclass

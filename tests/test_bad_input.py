@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from sslnlp.corpus import CorpusError, load_corpus
-from sslnlp.packing import BlockLayout, PackedBlocks
+from sslnlp.data.corpus import CorpusError, load_corpus
+from sslnlp.data.packing import BlockLayout, PackedBlocks
 
 
 def _jsonl(tmp_path, lines, name="bad.jsonl"):

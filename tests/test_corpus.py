@@ -6,7 +6,7 @@ import lzma
 
 import pytest
 
-from sslnlp.corpus import CorpusError, load_corpus
+from sslnlp.data.corpus import CorpusError, load_corpus
 
 
 def write_jsonl(path, texts, field="text", opener=open):
@@ -153,7 +153,7 @@ def test_document_shuffle_mixes_a_sorted_corpus(tmp_path):
 
 
 def test_document_shuffle_of_a_mixture_shuffles_each_source(tmp_path):
-    from sslnlp.corpus import MixtureCorpus, ShuffledCorpus
+    from sslnlp.data.corpus import MixtureCorpus, ShuffledCorpus
 
     write_jsonl(tmp_path / "a.jsonl", [f"a{i}" for i in range(100)])
     write_jsonl(tmp_path / "b.jsonl", [f"b{i}" for i in range(100)])
@@ -167,8 +167,8 @@ def test_document_shuffle_of_a_mixture_shuffles_each_source(tmp_path):
 
 def test_held_out_documents_come_from_the_stored_order_before_the_shuffle(tmp_path):
     from sslnlp.config import DataConfig
-    from sslnlp.corpus import ShuffledCorpus
-    from sslnlp.corpus import training_and_validation_corpora
+    from sslnlp.data.corpus import ShuffledCorpus
+    from sslnlp.data.corpus import training_and_validation_corpora
 
     stored = [f"document {i}" for i in range(100)]
     write_jsonl(tmp_path / "c.jsonl", stored)

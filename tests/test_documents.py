@@ -10,17 +10,17 @@ import torch
 from conftest import tiny_overrides
 
 from sslnlp.config import ConfigError, DataConfig, ModelConfig, PretrainConfig, load_config
-from sslnlp.documents import (
+from sslnlp.data.documents import (
     DocumentCollator,
     document_attention_mask,
     document_ids,
     document_position_ids,
     varlen_lengths,
 )
-from sslnlp.masking import CausalLanguageModelingCollator, MaskedLanguageModelingCollator
-from sslnlp.modeling import ModelError, SparseMaskedLMHead, dense_loss, model_inputs
+from sslnlp.data.masking import CausalLanguageModelingCollator, MaskedLanguageModelingCollator
+from sslnlp.models.modeling import ModelError, SparseMaskedLMHead, dense_loss, model_inputs
 from sslnlp.objectives import build_objective
-from sslnlp.packing import BlockPacker
+from sslnlp.data.packing import BlockPacker
 
 PAD, CLS, SEP, MASK = 1, 2, 3, 4  # SEP is also the decoders' EOS; content ids are 5..99
 VOCAB = 100
@@ -274,17 +274,17 @@ def test_an_objective_without_support_is_refused_and_simcse_needs_nothing():
 
 def pretrain_counting_masks(monkeypatch, overrides: list[str]) -> tuple[dict, list[float], dict]:
     """(summary, loss curve, document masks built {"train": n, "eval": n}) of a pretrain() run."""
-    import sslnlp.modeling
-    from sslnlp.train import pretrain
+    import sslnlp.models.modeling
+    from sslnlp.training.loop import pretrain
 
     calls = {"train": 0, "eval": 0}
-    build_mask = sslnlp.modeling.document_attention_mask
+    build_mask = sslnlp.models.modeling.document_attention_mask
 
     def counting_mask(documents, **options):
         calls["train" if torch.is_grad_enabled() else "eval"] += 1
         return build_mask(documents, **options)
 
-    monkeypatch.setattr(sslnlp.modeling, "document_attention_mask", counting_mask)
+    monkeypatch.setattr(sslnlp.models.modeling, "document_attention_mask", counting_mask)
     config = load_config(PretrainConfig, None, overrides + ["data.attention_within_documents=true"])
     summary = pretrain(config)
     curve = [r["loss"] for r in map(json.loads, open(f"{config.output_dir}/metrics.jsonl")) if "loss" in r]

@@ -11,9 +11,9 @@ import torch
 from conftest import ACCELERATE, tiny_overrides
 
 from sslnlp.config import PretrainConfig, load_config
-from sslnlp.modeling import ModelError
+from sslnlp.models.modeling import ModelError
 from sslnlp.objectives.electra import replace_tokens, sample_replacements
-from sslnlp.train import pretrain
+from sslnlp.training.loop import pretrain
 
 REPO = Path(__file__).resolve().parents[1]
 ELECTRA = {"model.model_type": "electra", "model.config_overrides": "{hidden_size: 64, embedding_size: 32, "
@@ -126,7 +126,7 @@ def test_two_process_launch_trains(corpus_file, wordpiece_dir, tmp_path):
 def test_time_budget_probe_on_the_discriminator_and_model_card(corpus_file, wordpiece_dir, tmp_path):
     from test_evaluate import labelled_sets
 
-    from sslnlp.card import write_model_card
+    from sslnlp.publishing.card import write_model_card
 
     task = labelled_sets(tmp_path)["order"]
     summary = run(corpus_file, wordpiece_dir, tmp_path / "run", 0, **{

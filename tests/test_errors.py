@@ -39,6 +39,21 @@ def bigger_tokenizer_model(tmp_path, wordpiece_dir, corpus_file) -> str:
     return str(tmp_path / "small-vocab")
 
 
+def prepared_then_damaged(tmp_path, wordpiece_dir, corpus_file, damage: str) -> str:
+    """A corpus prepared, then its first shard cut in half ("truncate") or its manifest lost ("manifest")."""
+    from sslnlp import PretrainConfig, load_config, prepare
+
+    output = tmp_path / "prepared"
+    prepare(load_config(PretrainConfig, None, tiny_overrides(tmp_path / "prep-run", wordpiece_dir, **{
+        "data.train_files": corpus_file})), output, num_proc=1, shard_tokens=1024)
+    if damage == "truncate":
+        shard = output / "train" / "shard-00000.arrow"
+        shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    else:
+        (output / "manifest.json").unlink()
+    return str(output)
+
+
 # name -> (overrides builder(tmp_path, wordpiece_dir, corpus_file) -> list[str], expected message fragment)
 CASES = {
     "missing corpus file": (lambda t, w, c: [f"data.train_files={t}/nope.jsonl"], "nope.jsonl' does not exist; check the path"),
@@ -83,6 +98,11 @@ CASES = {
     "negative learning rate": (lambda t, w, c: ["training.learning_rate=-1e-3"], "training.learning_rate=-0.001 is out of range; it must be in (0, inf)"),
     "beta of 1": (lambda t, w, c: ["training.adam_beta2=1.0"], "training.adam_beta2=1.0 is out of range; it must be in [0, 1)"),
     "no documents for the tokenizer": (lambda t, w, c: ["tokenizer.training_documents=0"], "tokenizer.training_documents=0 is out of range"),
+    "truncated prepared shard": (lambda t, w, c: [f"data.train_files={prepared_then_damaged(t, w, c, 'truncate')}"],
+                                 "shard-00000.arrow is truncated or changed since sslnlp prepare wrote it"),
+    "prepared directory without its manifest": (
+        lambda t, w, c: [f"data.train_files={prepared_then_damaged(t, w, c, 'manifest')}"],
+        "looks like a prepared directory without its manifest.json (an interrupted prepare, or a copy"),
 }
 
 
@@ -162,3 +182,15 @@ def test_task_names_cannot_escape_the_output_directory(tmp_path, wordpiece_dir, 
                   f"output_dir={tmp_path}/eval", f"tasks=[{{name: '{name}', train_file: {labelled(tmp_path, GOOD_ROWS)}}}]"])
         assert "must be a plain name" in capsys.readouterr().err
     assert not (tmp_path / "escaped").exists()
+
+
+def test_prepare_into_a_file_names_it(tmp_path, wordpiece_dir, corpus_file, capsys):
+    readme = write(tmp_path, "README.md", "# notes\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["prepare", *tiny_overrides(tmp_path / "run", wordpiece_dir, **{"data.train_files": corpus_file}),
+              "--output-dir", readme])
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == (f"sslnlp: error: --output-dir={readme!r} is a file, not a directory; give a directory (new or "
+                    "existing) instead"), last
+    assert (tmp_path / "README.md").read_text() == "# notes\n"  # nothing already written is lost

@@ -4,7 +4,6 @@ pretrained model and its random-weight twin; the results tables (the metrics: te
     OMP_NUM_THREADS=1 python -m pytest tests/test_evaluate.py -q
 """
 
-import argparse
 import json
 import random
 from pathlib import Path
@@ -15,9 +14,10 @@ import textgen
 from conftest import ACCELERATE, tiny_overrides
 
 from sslnlp.config import ConfigError, EvaluateConfig, TaskConfig, load_config
-from sslnlp.finetuning import finetune
-from sslnlp.probing import probe, probe_model, run_probe_command
-from sslnlp.tasks import TaskError, load_task, resolve_task_config
+from sslnlp.evaluation.finetuning import finetune
+from sslnlp.cli import main
+from sslnlp.evaluation.probing import probe, probe_model
+from sslnlp.evaluation.tasks import TaskError, load_task, resolve_task_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -147,7 +147,7 @@ def test_evaluation_recipes_load_and_task_keys_are_checked():
         load_config(EvaluateConfig, None, ["model_name_or_path=x", "tasks=[sst2, {name: a, label_feild: y}]"]).check()
     with pytest.raises(ConfigError, match="probe.pooling='cls' is not valid; choose one of first, mean, last"):
         load_config(EvaluateConfig, None, ["model_name_or_path=x", "tasks=[sst2]", "pooling=cls"]).check()
-    from sslnlp.modeling import ModelError
+    from sslnlp.models.modeling import ModelError
 
     with pytest.raises(ModelError, match=r"model_name_or_path='runs/never-trained' is not a loadable model .*; give a "
                                          r"directory with config.json") as info:
@@ -219,7 +219,7 @@ def labelled_sets(root: Path) -> dict[str, TaskConfig]:
 def pretrained(corpus_file, wordpiece_dir, tmp_path_factory):
     """A tiny MLM pretrained for 300 steps (~5 s) and the labelled task files."""
     from sslnlp.config import PretrainConfig
-    from sslnlp.train import pretrain
+    from sslnlp.training.loop import pretrain
 
     root = tmp_path_factory.mktemp("evaluate")
     pretrain(load_config(PretrainConfig, None, tiny_overrides(
@@ -236,8 +236,8 @@ def test_probe_beats_random_twin_where_it_can_and_writes_the_table(pretrained, t
     model_dir, tasks = pretrained
     output = tmp_path / "eval"
     entries = json.dumps([_task_dict(tasks[name]) for name in ("order", "same_subject", "verb")])
-    run_probe_command(argparse.Namespace(recipe=None, overrides=[
-        f"model_name_or_path={model_dir}", f"output_dir={output}", f"tasks={entries}", "probe.pooling=first"]))
+    main(["probe", f"model_name_or_path={model_dir}", "--output-dir", str(output), f"tasks={entries}",
+          "probe.pooling=first"])
     results = json.loads((output / "results.json").read_text())
     order = results["tasks"]["order"]
     pretrained_score, random_score = order["probe"]["test"]["accuracy"], order["random_probe"]["test"]["accuracy"]
@@ -270,7 +270,7 @@ def test_probe_model_works_in_memory_restores_train_mode_and_caches_tokens(pretr
     from transformers import AutoModelForMaskedLM
 
     from sslnlp.config import ProbeOptions
-    from sslnlp.tokenizer import load_tokenizer
+    from sslnlp.data.tokenizer import load_tokenizer
 
     model_dir, tasks = pretrained
     model = AutoModelForMaskedLM.from_pretrained(model_dir).train()
@@ -290,7 +290,7 @@ def test_layer_scan_probes_every_layer_and_picks_on_validation(pretrained, tmp_p
     from transformers import AutoModelForMaskedLM
 
     from sslnlp.config import ProbeOptions
-    from sslnlp.tokenizer import load_tokenizer
+    from sslnlp.data.tokenizer import load_tokenizer
 
     model_dir, tasks = pretrained
     model = AutoModelForMaskedLM.from_pretrained(model_dir)
@@ -321,7 +321,7 @@ def test_layer_scan_probes_every_layer_and_picks_on_validation(pretrained, tmp_p
 def test_finetune_end_to_end_saves_a_loadable_model_and_fills_the_table(pretrained, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    from sslnlp.tokenizer import load_tokenizer
+    from sslnlp.data.tokenizer import load_tokenizer
 
     model_dir, tasks = pretrained
     output = tmp_path / "eval"
@@ -356,11 +356,10 @@ def test_finetune_end_to_end_saves_a_loadable_model_and_fills_the_table(pretrain
 
 
 LAUNCH_SCRIPT = """
-import argparse, sys
-from sslnlp.finetuning import run_finetune_command
-from sslnlp.probing import run_probe_command
-run_probe_command(argparse.Namespace(recipe=None, overrides=sys.argv[1:]))
-run_finetune_command(argparse.Namespace(recipe=None, overrides=sys.argv[1:]))
+import sys
+from sslnlp.cli import main
+main(["probe", *sys.argv[1:]])
+main(["finetune", *sys.argv[1:]])
 """
 
 
@@ -390,7 +389,7 @@ def test_probe_and_finetune_under_accelerate_launch_with_two_processes(pretraine
 def test_pretrain_logs_probe_accuracy_next_to_the_loss(corpus_file, wordpiece_dir, tmp_path):
     """evaluation.probe_task: every N steps the linear probe's score lands in metrics.jsonl beside the loss."""
     from sslnlp.config import PretrainConfig
-    from sslnlp.train import pretrain
+    from sslnlp.training.loop import pretrain
 
     task = labelled_sets(tmp_path)["order"]
     summary = pretrain(load_config(PretrainConfig, None, tiny_overrides(

@@ -120,7 +120,7 @@ def test_electra_is_refused_under_fsdp_before_training(corpus_file, wordpiece_di
 def test_the_transformer_layers_and_only_they_are_found(model_type):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
-    from sslnlp.sharding import shared_submodule, transformer_layers
+    from sslnlp.training.engines import shared_submodule, transformer_layers
 
     expected = {"bert": "BertLayer", "roberta": "RobertaLayer", "modernbert": "ModernBertEncoderLayer",
                 "gpt2": "GPT2Block", "llama": "LlamaDecoderLayer"}[model_type]

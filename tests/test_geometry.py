@@ -1,4 +1,4 @@
-"""Embedding-space scores (sslnlp.geometry): kNN classification and regression, alignment, uniformity, on vectors
+"""Embedding-space scores (sslnlp.evaluation.geometry): kNN classification and regression, alignment, uniformity, on vectors
 whose answers are known exactly."""
 
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from sslnlp.geometry import alignment, geometry, knn_predictions, knn_score, uniformity
+from sslnlp.evaluation.geometry import alignment, geometry, knn_predictions, knn_score, uniformity
 
 
 def test_uniformity_and_alignment_have_their_known_values():

@@ -19,9 +19,9 @@ from conftest import ACCELERATE, tiny_overrides
 from hub_server import HubServer, unused_port_url
 
 from sslnlp.config import ConfigError, PretrainConfig, load_config
-from sslnlp.card import model_card
-from sslnlp.hub import published_files
-from sslnlp.train import pretrain
+from sslnlp.publishing.card import model_card
+from sslnlp.publishing.hub import published_files
+from sslnlp.training.loop import pretrain
 
 TOKEN = "hf_sslnlpTestToken0123456789abcdef"
 REPO = Path(__file__).resolve().parents[1]
@@ -115,7 +115,7 @@ def test_background_pusher_supersedes_queued_snapshots_and_never_blocks(monkeypa
     disk), and wait() gives up after its timeout, reporting what is still pending."""
     import threading
 
-    import sslnlp.hub as hub_module
+    import sslnlp.publishing.hub as hub_module
 
     started, release, uploaded = threading.Event(), threading.Event(), []
 
@@ -146,7 +146,7 @@ def test_background_pusher_supersedes_queued_snapshots_and_never_blocks(monkeypa
 def test_push_command_sends_byte_identical_files_that_load(finished_run, hub, tmp_path, capsys):
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-    from sslnlp.checkpoint import find_latest_checkpoint
+    from sslnlp.files import find_latest_checkpoint
     from sslnlp.cli import main
 
     main(["push", str(finished_run), "me/tiny", "--private", "--revision", "v1", "--with-checkpoint"])
@@ -210,7 +210,7 @@ def test_failed_pushes_are_retried_and_the_run_resumes_from_the_hub(hub, corpus_
 
 def test_a_hub_that_is_down_does_not_stop_training(monkeypatch, corpus_file, wordpiece_dir, tmp_path, caplog):
     point_hub_at(monkeypatch, unused_port_url())
-    caplog.set_level(logging.WARNING, logger="sslnlp.hub")
+    caplog.set_level(logging.WARNING, logger="sslnlp.publishing.hub")
     summary = train(corpus_file, wordpiece_dir, tmp_path / "run", steps=3, **{
         "hub.push_to_hub": "true", "hub.hub_model_id": "me/unreachable", "hub.hub_max_attempts": 2,
         "hub.hub_retry_delay": 0.01})

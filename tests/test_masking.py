@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sslnlp.masking import CausalLanguageModelingCollator, MaskedLanguageModelingCollator, pad_sequences
+from sslnlp.data.masking import CausalLanguageModelingCollator, MaskedLanguageModelingCollator, pad_sequences
 
 VOCAB = 1000
 SPECIALS = [0, 1, 2, 3, 4]  # pad unk cls sep mask

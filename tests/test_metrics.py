@@ -1,4 +1,4 @@
-"""Metrics (sslnlp/metrics.py) against hand-computed values and, when scikit-learn is installed, against
+"""Metrics (sslnlp/evaluation/metrics.py) against hand-computed values and, when scikit-learn is installed, against
 scikit-learn / scipy, the field's reference implementations.
 
     python -m pytest tests/test_metrics.py -q
@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from sslnlp.metrics import (
+from sslnlp.evaluation.metrics import (
     accuracy,
     average_ranks,
     compute_metrics,

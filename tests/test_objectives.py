@@ -9,10 +9,10 @@ from conftest import tiny_overrides
 
 import objectives_for_tests  # noqa: F401  (registers random_token_detection and mlm_nonfinite)
 from sslnlp.config import ConfigError, PretrainConfig, load_config
-from sslnlp.masking import MaskedLanguageModelingCollator
-from sslnlp.modeling import SparseMaskedLMHead, build_model, build_model_config, dense_loss
+from sslnlp.data.masking import MaskedLanguageModelingCollator
+from sslnlp.models.modeling import SparseMaskedLMHead, build_model, build_model_config, dense_loss
 from sslnlp.objectives import get_objective, objective_names
-from sslnlp.train import pretrain
+from sslnlp.training.loop import pretrain
 
 ENCODERS = {
     "bert": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,

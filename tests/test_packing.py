@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from sslnlp.corpus import load_corpus
-from sslnlp.masking import MaskedLanguageModelingCollator
-from sslnlp.packing import BlockLayout, BlockStream, PackedBlocks
+from sslnlp.data.corpus import load_corpus
+from sslnlp.data.masking import MaskedLanguageModelingCollator
+from sslnlp.data.blocks import BlockStream
+from sslnlp.data.packing import BlockLayout, PackedBlocks
 
 
 def token_stream(tokenizer, documents, separator):

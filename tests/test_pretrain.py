@@ -8,8 +8,8 @@ import torch
 from conftest import tiny_overrides
 
 from sslnlp.config import ConfigError, PretrainConfig, load_config
-from sslnlp.modeling import ModelError
-from sslnlp.train import pretrain
+from sslnlp.models.modeling import ModelError
+from sslnlp.training.loop import pretrain
 
 
 def losses(output_dir):
@@ -79,7 +79,7 @@ def test_resume_reproduces_the_uninterrupted_run(corpus_file, wordpiece_dir, bpe
 
 
 def test_checkpoints_are_complete_and_pruned(corpus_file, wordpiece_dir, tmp_path):
-    from sslnlp.checkpoint import find_latest_checkpoint, list_checkpoints
+    from sslnlp.files import find_latest_checkpoint, list_checkpoints
 
     run(corpus_file, tmp_path / "ck", wordpiece_dir, steps=12, **{"training.save_steps": 3, "training.save_total_limit": 2})
     assert [step for step, _ in list_checkpoints(tmp_path / "ck")] == [9, 12]
@@ -185,3 +185,27 @@ def test_old_masking_section_still_loads_and_says_what_to_rename(tmp_path, caplo
     # an old next-token recipe: its objective moves, the MLM-only defaults it carried are dropped
     config = load_config(PretrainConfig, None, ["masking.objective=clm", "masking.mlm_probability=0.15", "max_steps=1"])
     assert config.objective.name == "clm" and not hasattr(config.objective, "mlm_probability")
+
+
+def test_masked_lm_settings_moved_out_of_the_general_sections_still_load(tmp_path, caplog):
+    recipe = tmp_path / "old.yaml"
+    recipe.write_text("model:\n  sparse_prediction: false\nevaluation:\n  eval_mlm_probability: 0.3\n")
+    with caplog.at_level("WARNING"):
+        config = load_config(PretrainConfig, recipe)
+    assert (config.objective.sparse_prediction, config.objective.eval_mlm_probability) == (False, 0.3)
+    assert "model.sparse_prediction -> objective.sparse_prediction" in caplog.text
+    assert "evaluation.eval_mlm_probability -> objective.eval_mlm_probability" in caplog.text
+    config = load_config(PretrainConfig, None, ["model.sparse_prediction=false", "evaluation.eval_mlm_probability=0.2"])
+    assert (config.objective.sparse_prediction, config.objective.eval_mlm_probability) == (False, 0.2)
+    # a next-token run never had these settings: dropped, not an error
+    config = load_config(PretrainConfig, recipe, ["objective.name=clm"])
+    assert config.objective.name == "clm" and not hasattr(config.objective, "sparse_prediction")
+
+
+def test_old_config_class_names_still_work_with_a_warning():
+    import sslnlp
+
+    for old, new in (("ProbeConfig", "EvaluateConfig"), ("FinetuneConfig", "EvaluateConfig"),
+                     ("EvaluationConfig", "PretrainEvaluationConfig")):
+        with pytest.warns(FutureWarning, match=f"{old} is now {new}"):
+            assert getattr(sslnlp, old) is getattr(sslnlp, new)

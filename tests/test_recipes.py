@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from sslnlp.config import PretrainConfig, load_config
-from sslnlp.modeling import build_model_config, usable_positions
+from sslnlp.models.modeling import build_model_config, usable_positions
 from sslnlp.objectives import build_objective
-from sslnlp.tokenizer import round_up_vocab_size, special_tokens_for
+from sslnlp.data.tokenizer import round_up_vocab_size, special_tokens_for
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import tiny_overrides
 
-from sslnlp.checkpoint import find_latest_checkpoint
+from sslnlp.files import find_latest_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 

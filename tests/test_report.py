@@ -23,8 +23,8 @@ def runs(corpus_file, wordpiece_dir, tmp_path_factory):
     from test_evaluate import labelled_sets
 
     from sslnlp.config import EvaluateConfig, PretrainConfig, load_config
-    from sslnlp.probing import probe
-    from sslnlp.train import pretrain
+    from sslnlp.evaluation.probing import probe
+    from sslnlp.training.loop import pretrain
 
     root = tmp_path_factory.mktemp("report")
     task = labelled_sets(root)["order"]
@@ -51,7 +51,7 @@ def load_report(page: Path) -> dict:
 
 
 def test_one_run_renders_every_chart_with_its_series(runs, tmp_path):
-    from sslnlp.report import CHARTS, write_report
+    from sslnlp.publishing.report import CHARTS, write_report
 
     page = write_report([runs / "run"], tmp_path / "one")
     report = load_report(page)
@@ -83,7 +83,7 @@ def test_one_run_renders_every_chart_with_its_series(runs, tmp_path):
 
 
 def test_runs_overlay_and_a_resumed_run_reads_as_one_line(runs, tmp_path):
-    from sslnlp.report import write_report
+    from sslnlp.publishing.report import write_report
 
     page = write_report([runs / "run", runs / "resumed", runs / "other"], tmp_path / "three")
     report = load_report(page)
@@ -143,7 +143,7 @@ def test_quiet_and_verbose(corpus_file, wordpiece_dir, tmp_path):
     assert "done: 10 steps" in (tmp_path / "quiet" / "train.log").read_text()
     verbose = cli_run(tmp_path / "verbose", corpus_file, wordpiece_dir, "--verbose")
     assert "INFO accelerate.accelerator: [RANK 0] Saving current state" in verbose.stderr
-    assert "INFO sslnlp.train: step 5: eval_loss=" in verbose.stderr
+    assert "INFO sslnlp.training.loop: step 5: eval_loss=" in verbose.stderr
 
 
 def test_the_page_renders_in_a_real_browser(runs, tmp_path):
@@ -155,7 +155,7 @@ def test_the_page_renders_in_a_real_browser(runs, tmp_path):
     sys.path.insert(0, str(REPO / "docs"))
     from screenshot import screenshot
 
-    from sslnlp.report import write_report
+    from sslnlp.publishing.report import write_report
 
     page = write_report([runs / "run", runs / "other"], tmp_path / "page")
     rendered = screenshot(page, tmp_path / "page.png")

@@ -1,6 +1,6 @@
 """Same recipe and seed, same model: two fresh processes that each train their own tokenizer (every kind) end with
 byte-identical tokenizer.json and weights (CPU). tokenizers' WordPiece and Unigram trainers are not deterministic
-across processes (huggingface/tokenizers#1794); sslnlp.tokenizer works around them."""
+across processes (huggingface/tokenizers#1794); sslnlp.data.tokenizer works around them."""
 
 import json
 import os
@@ -113,7 +113,7 @@ def test_every_corpus_form_serves_holdout_epochs_and_resume(form, wordpiece_dir,
     from conftest import tiny_overrides
 
     from sslnlp.config import PretrainConfig, load_config
-    from sslnlp.train import pretrain
+    from sslnlp.training.loop import pretrain
 
     texts = textgen.documents(60, seed=3)  # ~10 steps an epoch at 8 blocks of 32 tokens: 30 steps see 3 epochs
 
@@ -172,8 +172,8 @@ def test_a_one_shot_generator_trains_where_one_pass_suffices_and_is_refused_earl
     from conftest import tiny_overrides
 
     from sslnlp.config import PretrainConfig, load_config
-    from sslnlp.corpus import CorpusError
-    from sslnlp.train import pretrain
+    from sslnlp.data.corpus import CorpusError
+    from sslnlp.training.loop import pretrain
 
     texts, validation = textgen.documents(200, seed=7), tmp_path / "validation.txt"
     validation.write_text("\n".join(textgen.documents(20, seed=8)) + "\n")
@@ -200,10 +200,10 @@ def test_a_run_records_its_provenance_and_refuses_to_resume_over_changed_data(wo
     import textgen
     from conftest import tiny_overrides
 
-    from sslnlp.card import write_model_card
+    from sslnlp.publishing.card import write_model_card
     from sslnlp.config import PretrainConfig, load_config
-    from sslnlp.provenance import ProvenanceError
-    from sslnlp.train import pretrain
+    from sslnlp.training.provenance import ProvenanceError
+    from sslnlp.training.loop import pretrain
 
     corpus = tmp_path / "train.jsonl"
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in textgen.documents(200, seed=4)))
@@ -235,7 +235,7 @@ def test_the_deterministic_switch_runs_every_cpu_op_and_changes_no_bit(objective
     from conftest import tiny_overrides
 
     from sslnlp.config import PretrainConfig, load_config
-    from sslnlp.train import pretrain
+    from sslnlp.training.loop import pretrain
 
     from test_electra import ELECTRA
 

@@ -17,11 +17,12 @@ import textgen
 from conftest import ACCELERATE, tiny_overrides
 
 from sslnlp.config import PretrainConfig, load_config
-from sslnlp.corpus import CorpusError, training_and_validation_corpora
-from sslnlp.packing import BlockLayout, PackedBlocks
-from sslnlp.shards import PreparedBlocks, PreparedData, prepare, sha256_file
-from sslnlp.tokenizer import load_tokenizer
-from sslnlp.train import pretrain
+from sslnlp.data.corpus import CorpusError, training_and_validation_corpora
+from sslnlp.data.packing import BlockLayout, PackedBlocks
+from sslnlp import prepare
+from sslnlp.data.prepared import PreparedBlocks, PreparedData, sha256_file
+from sslnlp.data.tokenizer import load_tokenizer
+from sslnlp.training.loop import pretrain
 
 REPO = Path(__file__).resolve().parents[1]
 ENVIRONMENT = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
@@ -75,7 +76,7 @@ def test_prepared_blocks_are_the_streaming_blocks_whatever_the_number_of_process
 
 def test_an_interrupted_prepare_resumes_into_the_same_shards(wordpiece_dir, tmp_path):
     corpus = write_corpus(tmp_path / "big.jsonl", 6000, seed=11)
-    arguments = [sys.executable, "-m", "sslnlp", "prepare", "--output", str(tmp_path / "killed"), "--num-proc", "1",
+    arguments = [sys.executable, "-m", "sslnlp", "prepare", "--output-dir", str(tmp_path / "killed"), "--num-proc", "1",
                  "--shard-tokens", "1024", *tiny_overrides(tmp_path / "run", wordpiece_dir, **{"data.train_files": str(corpus)})]
     process = subprocess.Popen(arguments, cwd=REPO, env=ENVIRONMENT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     manifest_path, deadline = tmp_path / "killed" / "manifest.json", time.time() + 120
@@ -94,7 +95,7 @@ def test_an_interrupted_prepare_resumes_into_the_same_shards(wordpiece_dir, tmp_
     assert "resuming the interrupted prepare" in result.stderr
     prepare(config_for(corpus, wordpiece_dir, tmp_path / "run"), tmp_path / "whole", num_proc=1, shard_tokens=1024)
     assert shard_digests(tmp_path / "killed") == shard_digests(tmp_path / "whole")
-    assert not list((tmp_path / "killed").glob("**/*.partial"))
+    assert not list((tmp_path / "killed").glob("**/.*.tmp*"))
     # the same command again has nothing to do; other settings are refused, not mixed in
     again = prepare(config_for(corpus, wordpiece_dir, tmp_path / "run"), tmp_path / "killed", num_proc=1, shard_tokens=1024)
     assert again["complete"]
@@ -173,9 +174,9 @@ def test_reading_keeps_memory_flat_in_corpus_size(wordpiece_dir, tmp_path):
             tmp_path / "shards", num_proc=2, shard_tokens=2**20)
     code = f"""
 import re, numpy as np
-from sslnlp.packing import BlockLayout
-from sslnlp.shards import PreparedBlocks, PreparedData
-from sslnlp.tokenizer import load_tokenizer
+from sslnlp.data.packing import BlockLayout
+from sslnlp.data.prepared import PreparedBlocks, PreparedData
+from sslnlp.data.tokenizer import load_tokenizer
 def anonymous():
     return int(re.search(r"Anonymous:\\s+(\\d+) kB", open("/proc/self/smaps_rollup").read()).group(1)) * 1024
 split = PreparedData({str(tmp_path / 'shards')!r}).split("train")
@@ -224,7 +225,7 @@ def test_prepared_shards_stream_from_a_remote_location(prepared_dir, wordpiece_d
 
 
 def test_a_run_unlike_the_prepared_blocks_is_refused_in_one_line(prepared_dir, wordpiece_dir, tmp_path):
-    from sslnlp.tokenizer import train_tokenizer
+    from sslnlp.data.tokenizer import train_tokenizer
 
     other = tmp_path / "other-tokenizer"
     train_tokenizer(textgen.documents(200, seed=9), other, kind="wordpiece", encoder=True, vocab_size=448)

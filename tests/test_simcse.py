@@ -14,7 +14,7 @@ import torch
 from conftest import ACCELERATE, tiny_overrides
 
 from sslnlp.config import PretrainConfig, load_config
-from sslnlp.train import pretrain
+from sslnlp.training.loop import pretrain
 
 REPO = Path(__file__).resolve().parents[1]
 SIMCSE = {"objective.name": "simcse", "data.max_seq_length": 64, "training.learning_rate": "1e-3",
@@ -28,20 +28,21 @@ def run(output_dir, tokenizer_dir, corpus_file, steps, **extra):
 
 
 def test_segments_are_pieces_of_one_document_and_batches_have_similar_lengths(wordpiece_tokenizer, documents):
-    from sslnlp.corpus import load_corpus
+    from sslnlp.data.corpus import load_corpus
     from sslnlp.objectives.simcse import SegmentCollator
-    from sslnlp.packing import BlockLayout, BlockStream, PackedBlocks
+    from sslnlp.data.blocks import BlockStream
+    from sslnlp.data.segments import SegmentBlocks, SegmentLayout
 
     texts = documents[:40]
-    layout = BlockLayout.segments(wordpiece_tokenizer, 12, 4)
-    blocks = PackedBlocks(load_corpus(texts), wordpiece_tokenizer, 64, layout=layout, repeat=False)
+    layout = SegmentLayout.encoder(wordpiece_tokenizer, 12, 4)
+    blocks = SegmentBlocks(load_corpus(texts), wordpiece_tokenizer, 64, layout=layout, repeat=False)
     rows = [row for chunk in blocks.iter_shard(0) for row in zip(chunk["input_ids"], chunk["attention_mask"])]
     whole = [wordpiece_tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     expected = [ids[start: start + 12] for ids in whole for start in range(0, len(ids), 12) if len(ids[start: start + 12]) >= 4]
     cls, sep = wordpiece_tokenizer.cls_token_id, wordpiece_tokenizer.sep_token_id
     assert [list(ids[mask][1:-1]) for ids, mask in rows] == expected  # in order, none crossing a document
     assert all(ids[mask][0] == cls and ids[mask][-1] == sep and not mask[int(mask.sum()):].any() for ids, mask in rows)
-    stream = BlockStream(PackedBlocks(load_corpus(texts), wordpiece_tokenizer, 64, layout=layout), 8, SegmentCollator(),
+    stream = BlockStream(SegmentBlocks(load_corpus(texts), wordpiece_tokenizer, 64, layout=layout), 8, SegmentCollator(),
                          shuffle_buffer_size=256, seed=0)
     batches = [batch for batch, _ in zip(stream, range(20))]
     assert all(b["input_ids"].shape[1] <= 16 for b in batches)  # trimmed to the longest (12 + 2, rounded to 8)
@@ -50,13 +51,13 @@ def test_segments_are_pieces_of_one_document_and_batches_have_similar_lengths(wo
 
 
 def test_adjacent_positives_pair_consecutive_segments_of_one_document(wordpiece_tokenizer, documents):
-    from sslnlp.corpus import load_corpus
+    from sslnlp.data.corpus import load_corpus
     from sslnlp.objectives.simcse import SegmentCollator
-    from sslnlp.packing import BlockLayout, PackedBlocks
+    from sslnlp.data.segments import SegmentBlocks, SegmentLayout
 
     texts = documents[:40]
-    layout = BlockLayout.segments(wordpiece_tokenizer, 12, 4, pairs=True)
-    chunks = list(PackedBlocks(load_corpus(texts), wordpiece_tokenizer, 64, layout=layout, repeat=False).iter_shard(0))
+    layout = SegmentLayout.encoder(wordpiece_tokenizer, 12, 4, pairs=True)
+    chunks = list(SegmentBlocks(load_corpus(texts), wordpiece_tokenizer, 64, layout=layout, repeat=False).iter_shard(0))
     rows = [(ids, mask, document) for chunk in chunks
             for ids, mask, document in zip(chunk["input_ids"], chunk["attention_mask"], chunk["document"])]
     expected, owners = [], []
@@ -85,8 +86,8 @@ def test_other_pairs_of_the_same_document_are_not_negatives(wordpiece_tokenizer)
     import torch.nn.functional as F
 
     from sslnlp.config import ModelConfig
-    from sslnlp.features import pool
-    from sslnlp.modeling import build_model_config
+    from sslnlp.models.pooling import pool
+    from sslnlp.models.modeling import build_model_config
     from sslnlp.objectives.simcse import SimCSE, SimCSEConfig
 
     options = ModelConfig(model_type="bert", config_overrides={"hidden_size": 32, "num_hidden_layers": 2,
@@ -116,8 +117,8 @@ def test_the_shared_pass_scores_the_masked_rows_once_for_both_losses(wordpiece_t
     import torch.nn.functional as F
 
     from sslnlp.config import ModelConfig
-    from sslnlp.features import pool
-    from sslnlp.modeling import build_model_config
+    from sslnlp.models.pooling import pool
+    from sslnlp.models.modeling import build_model_config
     from sslnlp.objectives.simcse import SimCSE, SimCSEConfig
 
     options = ModelConfig(model_type="bert", config_overrides={"hidden_size": 32, "num_hidden_layers": 2,
@@ -152,7 +153,7 @@ def test_the_shared_pass_scores_the_masked_rows_once_for_both_losses(wordpiece_t
 
 def test_the_two_views_differ_by_dropout_only(wordpiece_tokenizer):
     from sslnlp.config import ModelConfig
-    from sslnlp.modeling import build_model_config
+    from sslnlp.models.modeling import build_model_config
     from sslnlp.objectives.simcse import SimCSE, SimCSEConfig
 
     options = ModelConfig(model_type="bert", config_overrides={"hidden_size": 32, "num_hidden_layers": 2,
@@ -183,7 +184,7 @@ def test_loss_falls_resume_is_exact_and_sentence_transformers_load_the_export(co
     sentence_transformers = pytest.importorskip("sentence_transformers")
     from transformers import AutoModel, AutoTokenizer
 
-    from sslnlp.features import pool
+    from sslnlp.models.pooling import pool
 
     texts = ["The cat sees the red ball.", "A tired farmer builds a wooden house near the station.", "Hello"]
     encoded = torch.tensor(sentence_transformers.SentenceTransformer(str(tmp_path / "full"), device="cpu").encode(texts))
@@ -260,3 +261,32 @@ def test_adjacent_segments_of_topical_documents_are_learned_in_one_shared_pass(w
     assert windows[-1]["mlm_loss"] < windows[0]["mlm_loss"]
     assert windows[-1]["contrastive_loss"] < 0.7 * windows[0]["contrastive_loss"]
     assert summary["eval_contrastive_accuracy"] > 3 / 16  # each of 16 held-out pairs finds its partner: chance 1/16
+
+
+def test_adjacent_pairs_resume_exactly_with_blocks_in_the_shuffle_buffer(wordpiece_tokenizer, documents):
+    """A checkpoint taken while the shuffle buffer holds pairs (with their document ids) resumes into the same batches
+    (the buffer goes through JSON, as in a checkpoint's rank state)."""
+    from sslnlp.data.blocks import BlockStream
+    from sslnlp.data.corpus import load_corpus
+    from sslnlp.data.segments import SegmentBlocks, SegmentLayout
+
+    layout = SegmentLayout.encoder(wordpiece_tokenizer, 12, 4, pairs=True)
+
+    def stream():
+        return BlockStream(SegmentBlocks(load_corpus(documents[:60]), wordpiece_tokenizer, 64, layout=layout), 4,
+                           shuffle_buffer_size=32, seed=3)
+
+    whole = iter(stream())
+    expected = [next(whole) for _ in range(8)]
+    interrupted = stream()
+    batches = iter(interrupted)
+    for _ in range(3):
+        next(batches)
+    state = json.loads(json.dumps(interrupted.state_dict()))
+    assert state["buffer"] and all("document" in block for block in state["buffer"])
+    resumed = stream()
+    resumed.load_state_dict(state)
+    batches = iter(resumed)
+    for want in expected[3:]:
+        got = next(batches)
+        assert set(got) == set(want) and all(torch.equal(got[key], want[key]) for key in want)

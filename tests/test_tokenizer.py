@@ -1,9 +1,8 @@
-"""Unit tests for sslnlp.tokenizer: train each kind on a tiny corpus, save, reload with AutoTokenizer, check behaviour.
+"""Unit tests for sslnlp.data.tokenizer: train each kind on a tiny corpus, save, reload with AutoTokenizer, check behaviour.
 
     HF_HUB_OFFLINE=1 python -m pytest tests/test_tokenizer.py -q
 """
 
-import argparse
 import itertools
 import os
 
@@ -13,12 +12,11 @@ import pytest
 import tokenizers.trainers
 from transformers import AutoTokenizer
 
-from sslnlp.tokenizer import (
+from sslnlp.cli import main
+from sslnlp.data.tokenizer import (
     TOKENIZER_KINDS,
-    add_tokenizer_arguments,
     load_tokenizer,
     round_up_vocab_size,
-    run_tokenizer_command,
     special_tokens_for,
     train_tokenizer,
 )
@@ -182,16 +180,12 @@ def test_load_tokenizer(tmp_path):
 
 
 def test_tokenizer_command_trains_from_files(tmp_path, capsys):
-    pytest.importorskip("sslnlp.corpus")
+    pytest.importorskip("sslnlp.data.corpus")
     corpus_file = tmp_path / "corpus.txt"
     corpus_file.write_text("\n".join(make_fixture_corpus()) + "\n", encoding="utf-8")
-    parser = argparse.ArgumentParser()
-    add_tokenizer_arguments(parser)
     output_dir = tmp_path / "tokenizer"
-    args = parser.parse_args([str(corpus_file), "--output-dir", str(output_dir), "--kind", "bpe", "--decoder",
-                              "--vocab-size", str(REQUESTED_VOCAB_SIZE), "--max-documents", "40"])
-
-    run_tokenizer_command(args)
+    main(["tokenizer", str(corpus_file), "--output-dir", str(output_dir), "--kind", "bpe", "--decoder",
+          "--vocab-size", str(REQUESTED_VOCAB_SIZE), "--max-documents", "40"])
 
     summary_lines = capsys.readouterr().out.strip().splitlines()
     assert len(summary_lines) == 1 and "40 documents" in summary_lines[0]

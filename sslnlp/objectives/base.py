@@ -14,7 +14,7 @@ quantity over a logging window. ``metrics`` are extra sums (correct predictions,
 Attention within documents (``data.attention_within_documents``). An objective that supports it sets
 ``supports_attention_within_documents``, wraps its collator with ``document_collator`` (batches then carry
 ``document_ids``), calls ``check_document_attention`` from ``check_model_config``, and runs its models on
-``sslnlp.modeling.model_inputs(model, batch)`` (dense_loss and SparseMaskedLMHead do), which turns the document ids
+``sslnlp.models.modeling.model_inputs(model, batch)`` (dense_loss and SparseMaskedLMHead do), which turns the document ids
 into per-document position ids and attention. ``build_objective`` refuses the option for the others.
 """
 
@@ -26,8 +26,8 @@ from typing import ClassVar
 import torch
 
 from sslnlp.config import ConfigError, ObjectiveConfig, objective_config_class, register_objective_config
-from sslnlp.documents import DocumentCollator
-from sslnlp.modeling import check_document_attention
+from sslnlp.data.documents import DocumentCollator
+from sslnlp.models.modeling import check_document_attention
 
 
 @dataclass
@@ -53,9 +53,11 @@ class Objective:
         encoder: the tokenizer needs a mask token and [CLS]/[SEP] around sequences (False: a decoder's tokenizer).
         pipeline_tag: the Hub pipeline tag of the exported model ("fill-mask", "text-generation", ...).
         reports_perplexity: evaluation also reports exp(loss) (language-modelling objectives).
+        is_default: what a config without ``objective.name`` trains (the built-in masked LM).
     """
 
     name: ClassVar[str] = ""
+    is_default: ClassVar[bool] = False  # trained by a config without objective.name (one objective says so)
     Config: ClassVar[type] = ObjectiveConfig
     encoder: ClassVar[bool] = True
     pipeline_tag: ClassVar[str] = "feature-extraction"
@@ -87,12 +89,12 @@ class Objective:
 
     # ---------------------------------------------------------------------------------------- data and model
     def block_layout(self, tokenizer):
-        """The ``sslnlp.packing.BlockLayout`` of packed blocks (special tokens, separator, word starts)."""
+        """The ``sslnlp.data.packing.BlockLayout`` of packed blocks (special tokens, separator, word starts)."""
         raise NotImplementedError
 
     def build_model(self, model_config):
         """The model(s) trained, as one ``torch.nn.Module`` (a wrapper when there are several), from the checked
-        transformers config (``sslnlp.modeling.build_model_config``) and ``self.model_options``."""
+        transformers config (``sslnlp.models.modeling.build_model_config``) and ``self.model_options``."""
         raise NotImplementedError
 
     def representation_model(self, model):
@@ -104,7 +106,7 @@ class Objective:
 
     def build_collator(self, tokenizer, *, seed: int, evaluation=None):
         """The collator turning a batch of blocks {input_ids [B, L], word_starts?, attention_mask?} into model
-        inputs and targets. ``evaluation``: the EvaluationConfig when building the held-out collator (fixed rates)."""
+        inputs and targets. ``evaluation``: the PretrainEvaluationConfig when building the held-out collator (fixed rates)."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------------------------------------- loss
@@ -131,7 +133,7 @@ class Objective:
     # ------------------------------------------------------------------------------------- export and card
     def export(self, accelerator, model, tokenizer, output_dir) -> None:
         """Write the trained model(s) in Hugging Face format into ``output_dir`` (every rank calls this)."""
-        from sslnlp.checkpoint import export_model
+        from sslnlp.models.export import export_model
 
         export_model(accelerator, model, tokenizer, output_dir)
 
@@ -158,7 +160,7 @@ def register_objective(objective_class: type[Objective]) -> type[Objective]:
     if not objective_class.name:
         raise TypeError(f"{objective_class.__name__} needs a class attribute `name`")
     OBJECTIVES[objective_class.name] = objective_class
-    register_objective_config(objective_class.name, objective_class.Config)
+    register_objective_config(objective_class.name, objective_class.Config, default=objective_class.is_default)
     return objective_class
 
 

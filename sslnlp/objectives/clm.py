@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sslnlp.config import ObjectiveConfig, option
-from sslnlp.masking import CausalLanguageModelingCollator
-from sslnlp.modeling import build_model, check_head, dense_loss, flops_per_token
+from sslnlp.data.masking import CausalLanguageModelingCollator
+from sslnlp.models.modeling import build_model, check_head, dense_loss, flops_per_token
 from sslnlp.objectives.base import Objective, ObjectiveLoss, register_objective
-from sslnlp.packing import BlockLayout
+from sslnlp.data.packing import BlockLayout
 
 
 @dataclass

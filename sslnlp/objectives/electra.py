@@ -35,11 +35,11 @@ import torch
 import torch.nn.functional as F
 
 from sslnlp.config import ConfigError, option
-from sslnlp.masking import MaskedLanguageModelingCollator
-from sslnlp.modeling import ModelError, SparseMaskedLMHead, build_model, check_head, flops_per_token, model_inputs
+from sslnlp.data.masking import MaskedLanguageModelingCollator
+from sslnlp.models.modeling import ModelError, SparseMaskedLMHead, build_model, check_head, flops_per_token, model_inputs
 from sslnlp.objectives.base import Objective, ObjectiveLoss, register_objective
 from sslnlp.objectives.mlm import MaskedLanguageModelingConfig
-from sslnlp.packing import BlockLayout
+from sslnlp.data.packing import BlockLayout
 
 logger = logging.getLogger(__name__)
 DISCRIMINATOR_POSITIONS = ("all", "masked")
@@ -234,7 +234,7 @@ class ReplacedTokenDetection(Objective):
     def build_collator(self, tokenizer, *, seed: int, evaluation=None):
         options = self.config.collator_options()
         if evaluation is not None:  # a fixed rate so runs compare; the objective's own replacement split
-            options = {**options, "mlm_probability": evaluation.eval_mlm_probability}
+            options = {**options, "mlm_probability": self.config.eval_mlm_probability}
         return self.document_collator(MaskedLanguageModelingCollator.from_tokenizer(tokenizer, seed=seed, **options),
                                       tokenizer)
 

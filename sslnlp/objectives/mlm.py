@@ -2,8 +2,8 @@
 
     objective: {name: mlm, mlm_probability: 0.3, masking: whole_word}
 
-Token, whole-word or span masking with the 80/10/10 replacement (sslnlp.masking); the output head runs on the masked
-positions only when ``model.sparse_prediction`` (sslnlp.modeling.SparseMaskedLMHead). Exports an
+Token, whole-word or span masking with the 80/10/10 replacement (sslnlp.data.masking); the output head runs on the masked
+positions only when ``objective.sparse_prediction`` (sslnlp.models.modeling.SparseMaskedLMHead). Exports an
 ``AutoModelForMaskedLM`` that ``pipeline("fill-mask")`` runs.
 """
 
@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sslnlp.config import ConfigError, ObjectiveConfig, option
-from sslnlp.masking import MASKING_MODES, MaskedLanguageModelingCollator
-from sslnlp.modeling import SparseMaskedLMHead, build_model, check_head, dense_loss, flops_per_token
+from sslnlp.data.masking import MASKING_MODES, MaskedLanguageModelingCollator
+from sslnlp.models.modeling import SparseMaskedLMHead, build_model, check_head, dense_loss, flops_per_token
 from sslnlp.objectives.base import Objective, ObjectiveLoss, register_objective
-from sslnlp.packing import BlockLayout
+from sslnlp.data.packing import BlockLayout
 
 
 @dataclass
@@ -28,12 +28,16 @@ class MaskedLanguageModelingConfig(ObjectiveConfig):
     fixed_mask_count: bool = option(False, "Mask exactly round(p x tokens) per sequence (static shapes).")
     mean_span_length: float = option(3.8, "Span masking: mean span length in words.")
     max_span_length: int = option(10, "Span masking: longest span in words.")
+    sparse_prediction: bool = option(True, "Run the output head on the masked positions only (faster; ELECTRA's "
+                                           "generator always does).")
+    eval_mlm_probability: float = option(0.15, "Masking rate of held-out evaluation (fixed, so runs compare).")
 
     def check(self) -> None:
         if self.masking not in MASKING_MODES:
             raise ConfigError(f"objective.masking={self.masking!r} is not valid; choose one of {', '.join(MASKING_MODES)}")
-        if not 0 < self.mlm_probability < 1:
-            raise ConfigError(f"objective.mlm_probability={self.mlm_probability} must be in (0, 1)")
+        for key in ("mlm_probability", "eval_mlm_probability"):
+            if not 0 < getattr(self, key) < 1:
+                raise ConfigError(f"objective.{key}={getattr(self, key)} must be in (0, 1)")
         if self.fixed_mask_count and self.masking != "token":
             raise ConfigError("objective.fixed_mask_count works with objective.masking='token' only")
 
@@ -46,6 +50,7 @@ class MaskedLanguageModelingConfig(ObjectiveConfig):
 @register_objective
 class MaskedLanguageModeling(Objective):
     name = "mlm"
+    is_default = True  # what a config without objective.name trains
     Config = MaskedLanguageModelingConfig
     encoder = True
     pipeline_tag = "fill-mask"
@@ -71,14 +76,14 @@ class MaskedLanguageModeling(Objective):
         from transformers import AutoModelForMaskedLM
 
         model = build_model(self.model_options, model_config, AutoModelForMaskedLM)
-        if self.model_options.sparse_prediction:
+        if self.config.sparse_prediction:
             self.sparse_head = SparseMaskedLMHead(model)
         return model
 
     def build_collator(self, tokenizer, *, seed: int, evaluation=None):
         if evaluation is not None:  # a fixed rate (and the standard 80/10/10 token masking) so runs compare
             collator = MaskedLanguageModelingCollator.from_tokenizer(tokenizer, seed=seed,
-                                                                     mlm_probability=evaluation.eval_mlm_probability)
+                                                                     mlm_probability=self.config.eval_mlm_probability)
         else:
             collator = MaskedLanguageModelingCollator.from_tokenizer(tokenizer, seed=seed,
                                                                      **self.config.collator_options())

@@ -45,11 +45,11 @@ import torch
 import torch.nn.functional as F
 
 from sslnlp.config import ConfigError, ObjectiveConfig, option
-from sslnlp.features import pool
-from sslnlp.masking import MaskedLanguageModelingCollator
-from sslnlp.modeling import SparseMaskedLMHead, build_model, check_head, flops_per_token
+from sslnlp.models.pooling import pool
+from sslnlp.data.masking import MaskedLanguageModelingCollator
+from sslnlp.models.modeling import SparseMaskedLMHead, build_model, check_head, flops_per_token
 from sslnlp.objectives.base import Objective, ObjectiveLoss, register_objective
-from sslnlp.packing import BlockLayout
+from sslnlp.data.segments import SegmentLayout
 
 POOLINGS = ("mean", "first")
 POSITIVES = ("dropout", "adjacent")
@@ -76,12 +76,13 @@ class SimCSEConfig(ObjectiveConfig):
     mlm_weight: float = option(0.0, "Weight of a masked-LM loss on a masked copy of each segment (0: none; the "
                                     "paper's --do_mlm uses 0.1 beside contrastive 1).")
     mlm_probability: float = option(0.15, "Joint objective: fraction of tokens masked in the MLM copy.")
+    eval_mlm_probability: float = option(0.15, "Joint objective: masking rate of held-out evaluation (fixed, so runs "
+                                               "compare).")
     shared_pass: bool = option(False, "Joint objective: one encoder pass serves both losses: the masked copy is also "
                                       "the contrastive view (masking joins dropout as the augmentation; with "
                                       "'dropout' positives the other view is the unmasked segment), and the MLM head "
-                                      "runs on the masked positions only (a sparse head, whatever "
-                                      "model.sparse_prediction says). Saves one or two of the three passes per "
-                                      "segment.")
+                                      "runs on the masked positions only (a sparse head). Saves one or two of the "
+                                      "three passes per segment.")
 
     def check(self) -> None:
         if self.pooling not in POOLINGS:
@@ -96,8 +97,9 @@ class SimCSEConfig(ObjectiveConfig):
             raise ConfigError("objective.min_segment_tokens must be in [1, objective.max_segment_tokens]")
         if self.contrastive_weight < 0 or self.mlm_weight < 0 or self.contrastive_weight + self.mlm_weight == 0:
             raise ConfigError("objective.contrastive_weight and objective.mlm_weight must be >= 0, not both 0")
-        if not 0 < self.mlm_probability < 1:
-            raise ConfigError(f"objective.mlm_probability={self.mlm_probability} must be in (0, 1)")
+        for key in ("mlm_probability", "eval_mlm_probability"):
+            if not 0 < getattr(self, key) < 1:
+                raise ConfigError(f"objective.{key}={getattr(self, key)} must be in (0, 1)")
         if self.shared_pass and self.mlm_weight <= 0:
             raise ConfigError("objective.shared_pass=true shares the encoder pass between the MLM and the contrastive "
                               "loss: set objective.mlm_weight > 0, or drop shared_pass")
@@ -216,8 +218,8 @@ class SimCSE(Objective):
         return self.config.positives == "adjacent"
 
     def block_layout(self, tokenizer):
-        return BlockLayout.segments(tokenizer, self.config.max_segment_tokens, self.config.min_segment_tokens,
-                                    pairs=self.paired)
+        return SegmentLayout.encoder(tokenizer, self.config.max_segment_tokens, self.config.min_segment_tokens,
+                                     pairs=self.paired)
 
     def check_model_config(self, model_config) -> None:
         from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES, MODEL_MAPPING_NAMES
@@ -259,7 +261,7 @@ class SimCSE(Objective):
     def build_collator(self, tokenizer, *, seed: int, evaluation=None):
         if self.config.mlm_weight <= 0:
             return SegmentCollator()
-        probability = evaluation.eval_mlm_probability if evaluation is not None else self.config.mlm_probability
+        probability = self.config.eval_mlm_probability if evaluation is not None else self.config.mlm_probability
         return SegmentCollator(MaskedLanguageModelingCollator.from_tokenizer(tokenizer, seed=seed,
                                                                              mlm_probability=probability))
 
@@ -316,7 +318,7 @@ class SimCSE(Objective):
 
     def export(self, accelerator, model, tokenizer, output_dir) -> None:
         """The encoder (an AutoModelForMaskedLM in the joint objective) and the sentence-transformers files."""
-        from sslnlp.checkpoint import without_tied_aliases
+        from sslnlp.models.export import without_tied_aliases
 
         state = accelerator.get_state_dict(model)
         wrapper = accelerator.unwrap_model(model)
@@ -349,7 +351,9 @@ class SimCSE(Objective):
         return text
 
     def card_text(self) -> str:
-        return "sentence-embedding encoder trained contrastively (SimCSE: two dropout views of a sentence agree)"
+        pair = ("a segment and the next one of its document agree" if self.paired
+                else "two dropout views of a segment agree")
+        return f"sentence-embedding encoder trained contrastively (SimCSE: {pair})"
 
     def usage(self, repo_id: str, revision_argument: str, mask_token: str) -> list[str]:
         return ["from sentence_transformers import SentenceTransformer", "",

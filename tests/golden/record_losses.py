@@ -46,7 +46,7 @@ def write_corpus(directory: Path) -> str:
 
 def run_losses(objective: str, directory: Path) -> dict:
     from sslnlp.config import PretrainConfig, load_config
-    from sslnlp.train import pretrain
+    from sslnlp.training.loop import pretrain
 
     corpus_file = write_corpus(directory)
     output_dir = directory / objective

@@ -19,7 +19,6 @@ still append to), so nothing is read while it is being rewritten.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -30,7 +29,8 @@ import threading
 import time
 from pathlib import Path
 
-from sslnlp.card import (
+from sslnlp.files import write_text_atomic
+from sslnlp.publishing.card import (
     CHECKPOINT_IN_REPO,
     LOSS_CHART,
     format_number,
@@ -43,7 +43,6 @@ from sslnlp.card import (
 
 logger = logging.getLogger(__name__)
 
-STRATEGIES = ("end", "every_save", "checkpoint")
 STAGING_DIR = "hub-staging"  # under output_dir: snapshots waiting for (or being) uploaded
 # Top-level files of a run that are published: weights, configs, tokenizer files, metrics, results, recipe.
 PUBLISHED_FOLDERS = ("generator", "1_Pooling")  # subfolders an objective's export writes, pushed with the model
@@ -224,7 +223,7 @@ def push_to_hub(output_dir: str | Path, repo_id: str, *, private: bool = False, 
     Raises:
         HubPushError (an OSError) when the push fails for good; ValueError when output_dir holds no exported model.
     """
-    from sslnlp.checkpoint import find_latest_checkpoint
+    from sslnlp.files import find_latest_checkpoint
 
     output_dir = Path(output_dir)
     if not (output_dir / "config.json").is_file() or not list(output_dir.glob("*.safetensors")):
@@ -278,9 +277,7 @@ def _card(snapshot: Path, output_dir: Path, repo_id: str, *, summary: dict | Non
         return  # snapshot_run already placed the person's README.md
     text = write_model_card(snapshot, summary, repo_id=repo_id, revision=revision, resumable=resumable, results=results)
     try:
-        temporary = output_dir / ".README.md.tmp"
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, local)
+        write_text_atomic(local, text)
         if (snapshot / LOSS_CHART).is_file():  # the chart the card embeds
             shutil.copy2(snapshot / LOSS_CHART, output_dir / LOSS_CHART)
     except OSError as error:  # the local copy is a convenience
@@ -474,7 +471,7 @@ class HubSync:
         """Push the final model (main process), wait for every pending push, log and return the outcomes."""
         if self.pusher is None:
             return []
-        from sslnlp.checkpoint import find_latest_checkpoint
+        from sslnlp.files import find_latest_checkpoint
 
         try:
             checkpoint = find_latest_checkpoint(self.output_dir) if self.options.hub_strategy == "checkpoint" else None
@@ -505,32 +502,3 @@ class HubSync:
 
 
 # -------------------------------------------------------------------------------------------------- command
-
-
-def add_push_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `sslnlp push OUTPUT_DIR REPO_ID`."""
-    parser.add_argument("output_dir", help="run directory of a finished `sslnlp pretrain` (its output_dir)")
-    parser.add_argument("repo_id", help="Hub repository, 'owner/name' or 'name' (created if missing)")
-    parser.add_argument("--private", action="store_true", help="create the repository as private")
-    parser.add_argument("--revision", default=None, help="branch to push to (created from main if missing)")
-    parser.add_argument("--results", default=None, help="results.json of `sslnlp probe` / `sslnlp finetune` to "
-                                                        "show in the model card (default: OUTPUT_DIR/results.json)")
-    parser.add_argument("--with-checkpoint", action="store_true", help="also push the newest checkpoint as "
-                                                                        "last-checkpoint/, so training can resume from the Hub")
-    parser.add_argument("--message", default=None, help="commit message")
-    parser.add_argument("--max-attempts", type=int, default=5, help="tries; transient failures are retried with backoff")
-
-
-def run_push_command(args: argparse.Namespace) -> None:
-    """`sslnlp push OUTPUT_DIR REPO_ID [--private] [--revision R] ...` (token: HF_TOKEN or `hf auth login`)."""
-    from sslnlp.config import ConfigError, HubConfig
-
-    try:
-        HubConfig(push_to_hub=True, hub_model_id=args.repo_id, hub_revision=args.revision).check()
-    except ConfigError as error:
-        raise ValueError(str(error).replace("hub.hub_model_id", "REPO_ID").replace("hub.hub_revision", "--revision")) from None
-    outcome = push_to_hub(args.output_dir, args.repo_id, private=args.private, revision=args.revision,
-                          results=args.results, include_checkpoint=args.with_checkpoint, commit_message=args.message,
-                          max_attempts=args.max_attempts)
-    print(f"pushed {len(outcome['files'])} files of {args.output_dir} to {args.repo_id} "
-          f"({outcome['attempts']} attempt{'s' if outcome['attempts'] > 1 else ''}): {outcome['commit_url']}")

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 
 from sslnlp.config import ProbeOptions
-from sslnlp.tasks import LabelledTask
+from sslnlp.evaluation.tasks import LabelledTask
+from sslnlp.models.pooling import pool
 
 def tokenized_splits(task: LabelledTask, tokenizer, max_seq_length: int) -> dict[str, dict[str, list]]:
     """Each split tokenized once (truncated, unpadded) and kept on the task: ``{split: {column: [per example]}}``."""
@@ -62,19 +63,6 @@ def pad_token_id_of(tokenizer) -> int:
     for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
         if candidate is not None:
             return candidate
-
-
-def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """hidden [B, L, H], attention_mask [B, L] (right padding) -> [B, H]."""
-    if pooling == "first":
-        return hidden[:, 0]
-    if pooling == "mean":
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-    if pooling == "last":
-        last = attention_mask.sum(1).clamp(min=1) - 1
-        return hidden[torch.arange(len(hidden), device=hidden.device), last]
-    raise ValueError(f"unknown pooling {pooling!r}; choose one of first, mean, last")
 
 
 @torch.no_grad()

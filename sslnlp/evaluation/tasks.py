@@ -102,7 +102,7 @@ class LabelledTask:
 
 
 def _open_text(path: Path):
-    from sslnlp.corpus import open_binary  # the corpus readers' codec choice (.gz .bz2 .xz .zst by suffix)
+    from sslnlp.data.corpus import open_binary  # the corpus readers' codec choice (.gz .bz2 .xz .zst by suffix)
 
     return io.TextIOWrapper(open_binary(path), encoding="utf-8", newline="")
 

@@ -14,7 +14,6 @@ the loop as callbacks.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import math
@@ -26,17 +25,18 @@ from pathlib import Path
 import torch
 import yaml
 
-from sslnlp.checkpoint import find_latest_checkpoint, load_checkpoint, resolve_resume, save_checkpoint
+from sslnlp.files import ensure_writable, find_latest_checkpoint
+from sslnlp.training.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from sslnlp.config import PretrainConfig, to_dict
 from sslnlp.console import Progress, run_log, set_up_console, without_tied_weight_warnings
-from sslnlp.corpus import CorpusError, build_corpus, training_and_validation_corpora
-from sslnlp.hub import HubSync
-from sslnlp.modeling import build_model_config, peak_flops_per_second
+from sslnlp.data.corpus import CorpusError
+from sslnlp.publishing.hub import HubSync
+from sslnlp.models.modeling import build_model_config, peak_flops_per_second
 from sslnlp.objectives import Objective, build_objective
-from sslnlp.packing import BlockStream, PackedBlocks
-from sslnlp.peers import PeerWatch
-from sslnlp.provenance import check_resume, run_provenance
-from sslnlp.shards import PreparedBlocks, PreparedData, PreparedSplit, is_prepared
+from sslnlp.data.blocks import BlockStream
+from sslnlp.training.peers import PeerWatch
+from sslnlp.training.provenance import check_resume, run_provenance
+from sslnlp.data.sources import block_source, bundled_tokenizer, open_training_data
 from sslnlp.runtime import (
     MetricsLog,
     PreemptionFlag,
@@ -44,7 +44,6 @@ from sslnlp.runtime import (
     check_engine,
     check_launch,
     check_shared_output_dir,
-    ensure_writable,
     keep_freed_memory,
     learning_rate_multiplier,
     make_accelerator,
@@ -52,40 +51,12 @@ from sslnlp.runtime import (
     resolve_mixed_precision,
     use_deterministic_algorithms,
 )
-from sslnlp.tokenizer import load_tokenizer, train_tokenizer_into
+from sslnlp.data.tokenizer import load_tokenizer, train_tokenizer_into
 
 logger = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------------------- pieces
-
-
-def training_data(data):
-    """(training source, validation source or None): corpora of text, or the splits of a prepared directory
-    (``sslnlp prepare``; its validation split unless data.validation_files names text)."""
-    if not is_prepared(data.train_files):
-        return training_and_validation_corpora(data)
-    if data.mixture_weights:
-        raise CorpusError("data.mixture_weights does not apply to a prepared directory (its mixture was fixed by "
-                          "sslnlp prepare); leave it empty")
-    prepared = PreparedData(data.train_files)
-    if data.validation_files:
-        return prepared.split("train"), build_corpus(dataclasses.replace(data, mixture_weights=[],
-                                                                          shuffle_documents=False),
-                                                     data.validation_files, "validation")
-    return prepared.split("train"), prepared.split("validation")
-
-
-def block_dataset(source, config: PretrainConfig, layout, tokenizer, *, rank: int = 0, world_size: int = 1,
-                  num_workers: int = 0, repeat: bool = True):
-    """The blocks of a source for one rank: packed on the fly from a corpus, or read from prepared shards."""
-    data = config.data
-    if isinstance(source, PreparedSplit):
-        source.data.check(tokenizer, layout, data.max_seq_length)
-        return PreparedBlocks(source, layout=layout, rank=rank, world_size=world_size, num_workers=num_workers,
-                              shuffle=data.shuffle_documents and repeat, seed=data.seed, repeat=repeat)
-    return PackedBlocks(source, tokenizer, data.max_seq_length, layout=layout, rank=rank, world_size=world_size,
-                        num_workers=num_workers, documents_per_batch=data.documents_per_batch, repeat=repeat)
 
 
 def trains_tokenizer(config: PretrainConfig, output_dir: Path) -> bool:
@@ -119,8 +90,8 @@ def prepare_tokenizer(config: PretrainConfig, objective: Objective, corpus, acce
         return load_tokenizer(options.tokenizer_name_or_path)
     if config.model.model_name_or_path:
         return load_tokenizer(config.model.model_name_or_path, trust_remote_code=config.model.trust_remote_code)
-    if isinstance(corpus, PreparedSplit):  # the tokenizer the blocks were made with
-        return load_tokenizer(str(corpus.data.tokenizer_path()))
+    if bundled_tokenizer(corpus):  # the tokenizer the blocks were made with
+        return load_tokenizer(bundled_tokenizer(corpus))
     saved = output_dir / "tokenizer"
     if accelerator.is_main_process and trains_tokenizer(config, output_dir):
         train_tokenizer_into(corpus, saved, options, encoder=objective.encoder)
@@ -133,7 +104,7 @@ def evaluation_batches(config: PretrainConfig, objective: Objective, corpus, tok
     runs compare."""
     if corpus is None:
         return []
-    dataset = block_dataset(corpus, config, objective.block_layout(tokenizer), tokenizer, repeat=False)
+    dataset = block_source(corpus, config.data, objective.block_layout(tokenizer), tokenizer, repeat=False)
     collator = objective.build_collator(tokenizer, seed=config.evaluation.eval_seed, evaluation=config.evaluation)
     stream = BlockStream(dataset, config.evaluation.per_device_eval_batch_size, collator)
     batches, blocks = [], 0
@@ -222,7 +193,7 @@ def set_up(config: PretrainConfig, accelerator) -> Run:
     from a checkpoint when asked. Seeds are set so the initial weights do not depend on tokenizer training."""
     from accelerate.utils import set_seed
 
-    from sslnlp.sharding import prepare_engine  # the engine's set-up before the optimizer (FSDP2, DeepSpeed)
+    from sslnlp.training.engines import prepare_engine  # the engine's set-up before the optimizer (FSDP2, DeepSpeed)
 
     training, data = config.training, config.data
     output_dir = Path(config.output_dir)
@@ -236,7 +207,7 @@ def set_up(config: PretrainConfig, accelerator) -> Run:
     if training.deterministic:
         use_deterministic_algorithms()
     objective = build_objective(config.objective, config.model, config.data)
-    train_corpus, validation_corpus = training_data(data)
+    train_corpus, validation_corpus = open_training_data(data)
     resume = resolve_resume(training.resume_from_checkpoint, output_dir)
     check_one_shot(config, train_corpus, output_dir, resume)
     tokenizer = prepare_tokenizer(config, objective, train_corpus, accelerator, output_dir)
@@ -245,7 +216,7 @@ def set_up(config: PretrainConfig, accelerator) -> Run:
     set_seed(training.seed)  # the same initial weights whatever the tokenizer training consumed
     model = objective.build_model(model_config)
     collator = objective.build_collator(tokenizer, seed=training.seed + 1000 * accelerator.process_index)
-    train_blocks = block_dataset(train_corpus, config, objective.block_layout(tokenizer), tokenizer,
+    train_blocks = block_source(train_corpus, data, objective.block_layout(tokenizer), tokenizer,
                                  rank=accelerator.process_index, world_size=accelerator.num_processes,
                                  num_workers=data.num_workers)
     train_stream = BlockStream(train_blocks, training.per_device_train_batch_size, collator, num_workers=data.num_workers,
@@ -529,7 +500,7 @@ class ProbeCallback(Callback):
 
     def __init__(self, config: PretrainConfig):
         from sslnlp.config import TaskConfig, build
-        from sslnlp.tasks import load_task
+        from sslnlp.evaluation.tasks import load_task
 
         evaluation = config.evaluation
         if evaluation.probe_pooling not in ("mean", "first"):
@@ -539,7 +510,7 @@ class ProbeCallback(Callback):
 
     def on_step_end(self, run: Run, done: bool) -> None:
         from sslnlp.config import ProbeOptions
-        from sslnlp.probing import probe_model
+        from sslnlp.evaluation.probing import probe_model
 
         step, every = run.loop["step"], self.evaluation.probe_steps
         if not ((every and step % every == 0) or done):

@@ -32,10 +32,6 @@ INTERVAL = 1.0  # seconds between heartbeats
 FINISHED, FAILED = "finished", "failed"
 
 
-class PeerLost(RuntimeError):
-    """A peer process stopped beating (its description is the message)."""
-
-
 class PeerWatch:
     """The heartbeat thread of this rank (a no-op for one process, or with ``timeout`` 0).
 

@@ -1,30 +1,14 @@
-"""What the linear probe (probing.py) and fine-tuning (finetuning.py) both load: the command's EvaluateConfig, the
-checkpoint's transformers config and tokenizer, a random-weight twin of its architecture (the floor), the
-checkpoint's identity (cached features follow retraining) and the Accelerator.
+"""What the linear probe (probing.py) and fine-tuning (finetuning.py) both load from a checkpoint: its transformers
+config and tokenizer, a random-weight twin of its architecture (the floor) and its identity (cached features follow
+retraining).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-from sslnlp.config import EvaluateConfig, load_config
-
-
-def load_command_config(args: argparse.Namespace) -> EvaluateConfig:
-    """The EvaluateConfig of `sslnlp probe|finetune [RECIPE] key=value ...` (args: ``recipe`` and ``overrides``)."""
-    recipe, overrides = args.recipe, list(args.overrides)
-    if recipe is not None and "=" in recipe and not recipe.endswith((".yaml", ".yml")):
-        recipe, overrides = None, [recipe] + overrides  # no recipe, only overrides
-    return load_config(EvaluateConfig, recipe, overrides)
-
-
-def make_evaluation_accelerator(mixed_precision: str | None = None):
-    """The shared Accelerator factory (resets a different precision left by an earlier run in this process)."""
-    from sslnlp.runtime import make_accelerator
-
-    return make_accelerator(mixed_precision=mixed_precision)
+from sslnlp.config import EvaluateConfig
 
 
 class QuietLoading:
@@ -47,7 +31,7 @@ def load_model_config(config: EvaluateConfig):
     """The checkpoint's transformers config; a one-line ModelError when ``model_name_or_path`` is not a model."""
     from transformers import AutoConfig
 
-    from sslnlp.modeling import ModelError
+    from sslnlp.models.modeling import ModelError
 
     try:
         return AutoConfig.from_pretrained(config.model_name_or_path, trust_remote_code=config.trust_remote_code)
@@ -60,7 +44,7 @@ def load_model_config(config: EvaluateConfig):
 
 def load_checkpoint_tokenizer(config: EvaluateConfig):
     """``tokenizer_name_or_path``'s tokenizer, else the checkpoint's own."""
-    from sslnlp.tokenizer import load_tokenizer
+    from sslnlp.data.tokenizer import load_tokenizer
 
     return load_tokenizer(config.tokenizer_name_or_path or config.model_name_or_path,
                           trust_remote_code=config.trust_remote_code)

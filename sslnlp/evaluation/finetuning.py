@@ -14,7 +14,6 @@ a probe run (probing.py) into the same output_dir fills the same table.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 import statistics
@@ -23,18 +22,17 @@ from pathlib import Path
 
 import torch
 
-from sslnlp.checkpoint_loading import (
+from sslnlp.runtime import make_accelerator
+from sslnlp.evaluation.loading import (
     QuietLoading,
     load_checkpoint_tokenizer,
-    load_command_config,
     load_model_config,
-    make_evaluation_accelerator,
 )
 from sslnlp.config import EvaluateConfig, FinetuneOptions
-from sslnlp.features import model_columns, pad_batch, pad_token_id_of, tokenized_splits
-from sslnlp.metrics import compute_metrics
-from sslnlp.results import record_results
-from sslnlp.tasks import LabelledTask, load_task
+from sslnlp.evaluation.features import model_columns, pad_batch, pad_token_id_of, tokenized_splits
+from sslnlp.evaluation.metrics import compute_metrics
+from sslnlp.evaluation.results import record_results
+from sslnlp.evaluation.tasks import LabelledTask, load_task
 
 # ------------------------------------------------------------------------------------------------------- one run
 
@@ -113,8 +111,8 @@ def finetune_once(task: LabelledTask, tokenizer, config: EvaluateConfig, model_c
     Returns:
         ``{"seed", "validation": [per epoch {metric: value}], "test": {metric: value}, "steps", "seconds"}``.
     """
-    from sslnlp.checkpoint import export_model
-    from sslnlp.modeling import usable_positions
+    from sslnlp.models.export import export_model
+    from sslnlp.models.modeling import usable_positions
     from sslnlp.runtime import learning_rate_multiplier, parameter_groups
 
     options: FinetuneOptions = config.finetune
@@ -187,7 +185,7 @@ def finetune(config: EvaluateConfig) -> dict:
     """Fine-tune the checkpoint (and random-weight twins) on every task, once per seed; write and return results.
 
     Args:
-        config: an EvaluateConfig (``FinetuneConfig``): model_name_or_path, tasks, the ``finetune`` section.
+        config: an EvaluateConfig: model_name_or_path, tasks, the ``finetune`` section.
 
     Returns:
         the results dict also written to OUTPUT_DIR/results.json.
@@ -197,7 +195,7 @@ def finetune(config: EvaluateConfig) -> dict:
     config.check()
     task_configs = config.task_configs()
     options = config.finetune
-    accelerator = make_evaluation_accelerator(options.mixed_precision)
+    accelerator = make_accelerator(mixed_precision=options.mixed_precision)
     output_dir = Path(config.output_dir)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -228,8 +226,3 @@ def finetune(config: EvaluateConfig) -> dict:
                 row[key]["model_dir"] = str(output_dir / task.name)
         rows[task.name] = row
     return record_results(config, accelerator, rows)
-
-
-def run_finetune_command(args: argparse.Namespace) -> None:
-    """`sslnlp finetune [RECIPE] key=value ...` (args: ``recipe`` and ``overrides``, as `sslnlp pretrain`)."""
-    finetune(load_command_config(args))

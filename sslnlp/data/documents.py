@@ -14,7 +14,7 @@ right after a document's own separator joins that document instead of opening an
 is empty (SDPA returns NaN for a row with nothing to attend to, and a NaN value row poisons every row that reads it).
 
 Shapes: B = batch size, L = sequence length. The mask is O(B x L x L) booleans, built where the model runs
-(sslnlp.modeling.model_inputs); batches carry only ``document_ids`` [B, L].
+(sslnlp.models.modeling.model_inputs); batches carry only ``document_ids`` [B, L].
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
     sslnlp report runs/cram-cpu                                # -> runs/cram-cpu/report/index.html
     sslnlp report runs/ablation-* --output runs/ablation-report  # several runs overlaid, one colour each
 
-    from sslnlp.report import write_report
+    from sslnlp.publishing.report import write_report
     write_report(["runs/a", "runs/b"], "runs/report")
 
 Reads what a run writes (metrics.jsonl, summary.json, config.yaml) and, when it finds one, the results.json of
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from sslnlp.results import percent
+from sslnlp.evaluation.results import percent
 
 #: Keys of a training-window record that have charts of their own (the rest are the objective's metrics).
 CORE_KEYS = {"step", "loss", "learning_rate", "tokens", "tokens_per_second", "model_flops_utilization",

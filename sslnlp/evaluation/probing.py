@@ -19,31 +19,29 @@ fills the same table.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from sslnlp.checkpoint_loading import (
+from sslnlp.files import atomic_path
+from sslnlp.runtime import make_accelerator
+from sslnlp.evaluation.loading import (
     QuietLoading,
     checkpoint_identity,
     load_checkpoint_tokenizer,
-    load_command_config,
     load_model_config,
-    make_evaluation_accelerator,
     random_twin,
 )
 from sslnlp.config import EvaluateConfig, ProbeOptions, TaskConfig, build
-from sslnlp.features import task_features
-from sslnlp.metrics import compute_metrics
-from sslnlp.results import record_results
-from sslnlp.tasks import LabelledTask, load_task
+from sslnlp.evaluation.features import task_features
+from sslnlp.evaluation.metrics import compute_metrics
+from sslnlp.evaluation.results import record_results
+from sslnlp.evaluation.tasks import LabelledTask, load_task
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +92,7 @@ def task_labels(task: LabelledTask, splits) -> dict[str, torch.Tensor]:
 def embedding_scores(features: dict[str, torch.Tensor], task: LabelledTask) -> dict:
     """What the embedding space shows without a fitted probe (geometry.py): the kNN score (k chosen on validation)
     and alignment / uniformity of the reported split."""
-    from sslnlp.geometry import geometry, knn_score
+    from sslnlp.evaluation.geometry import geometry, knn_score
 
     labels = task_labels(task, features)
     classification = task.problem_type != "regression"
@@ -209,7 +207,7 @@ def probe_model(model, tokenizer, task, options: ProbeOptions | None = None, max
         "knn": {"k", "validation", "test", "grid"}, "geometry": {"alignment", "uniformity", "examples"},
         "seconds"}``; ``result["test"][result["metric"]]`` is the headline score.
     """
-    from sslnlp.modeling import usable_positions
+    from sslnlp.models.modeling import usable_positions
 
     start = time.perf_counter()
     options = options or ProbeOptions()
@@ -231,9 +229,8 @@ def probe_model(model, tokenizer, task, options: ProbeOptions | None = None, max
             model.train(was_training)
         if features_path is not None and (accelerator is None or accelerator.is_main_process):
             Path(features_path).parent.mkdir(parents=True, exist_ok=True)
-            temporary = Path(f"{features_path}.tmp-{os.getpid()}")
-            torch.save(features, temporary)
-            os.replace(temporary, features_path)
+            with atomic_path(features_path, per_process=True) as temporary:
+                torch.save(features, temporary)
     if options.select_layer:
         result = select_layer(features, task, options)
         features = {split: values[:, result["layer"]] for split, values in features.items()}
@@ -264,7 +261,7 @@ def probe(config: EvaluateConfig) -> dict:
     """Linear-probe a checkpoint (and its random-weight twin) on every task; write and return the results.
 
     Args:
-        config: an EvaluateConfig (``ProbeConfig``): model_name_or_path, tasks, the ``probe`` section.
+        config: an EvaluateConfig: model_name_or_path, tasks, the ``probe`` section.
 
     Returns:
         the results dict also written to OUTPUT_DIR/results.json (``{"model_name_or_path", "tasks": {name: ...}}``).
@@ -273,7 +270,7 @@ def probe(config: EvaluateConfig) -> dict:
 
     config.check()
     task_configs = config.task_configs()
-    accelerator = make_evaluation_accelerator()
+    accelerator = make_accelerator()
     model_config = load_model_config(config)
     tokenizer = load_checkpoint_tokenizer(config)
     with QuietLoading():
@@ -304,8 +301,3 @@ def probe(config: EvaluateConfig) -> dict:
                               + (f", alignment {shape['alignment']:.3f}" if shape["alignment"] is not None else ""))
         rows[task.name] = row
     return record_results(config, accelerator, rows)
-
-
-def run_probe_command(args: argparse.Namespace) -> None:
-    """`sslnlp probe [RECIPE] key=value ...` (args: ``recipe`` and ``overrides``, as `sslnlp pretrain`)."""
-    probe(load_command_config(args))

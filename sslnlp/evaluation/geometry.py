@@ -21,7 +21,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from sslnlp.metrics import compute_metrics
+from sslnlp.evaluation.metrics import compute_metrics
 
 K_GRID = (1, 5, 10, 20, 50)
 MAX_PAIRS_EXAMPLES = 4000  # alignment / uniformity on at most this many examples (a seeded sample): O(n^2) pairs

@@ -1,4 +1,4 @@
-"""Atomic save / exact resume of training state; Hugging Face export.
+"""Atomic save / exact resume of training state.
 
 A checkpoint is a directory ``OUTPUT_DIR/checkpoints/checkpoint-00000100`` holding
 
@@ -18,58 +18,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 
 from safetensors import SafetensorError
 
-CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
-LOOP_STATE = "loop_state.json"
-
-
-def checkpoints_root(output_dir: str | Path) -> Path:
-    return Path(output_dir) / "checkpoints"
-
-
-def write_json_atomic(path: Path, payload) -> None:
-    """Write JSON to ``path`` via a temporary file + fsync + rename: readers see the old or the new file, whole."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w") as handle:
-        json.dump(payload, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
-def _fsync_directory(path: Path) -> None:
-    try:
-        descriptor = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints (those with loop_state.json), oldest first."""
-    root = checkpoints_root(output_dir)
-    if not root.is_dir():
-        return []
-    found = []
-    for entry in root.iterdir():
-        match = CHECKPOINT_PATTERN.match(entry.name)
-        if match and (entry / LOOP_STATE).is_file():
-            found.append((int(match.group(1)), entry))
-    return sorted(found)
-
-
-def find_latest_checkpoint(output_dir: str | Path) -> Path | None:
-    checkpoints = list_checkpoints(output_dir)
-    return checkpoints[-1][1] if checkpoints else None
-
+from sslnlp.files import LOOP_STATE, checkpoints_root, find_latest_checkpoint, fsync_path, list_checkpoints, write_json_atomic
 
 def resolve_resume(resume_from_checkpoint: str | None, output_dir: str | Path) -> Path | None:
     """'auto' -> newest complete checkpoint (or None); a path -> that checkpoint, which must be complete."""
@@ -119,7 +73,7 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, loop_state: 
     _raise_if_any_rank_failed(accelerator, failure, "creating the checkpoint directory")
     try:
         accelerator.save_state(str(temporary), safe_serialization=True)
-        write_json_atomic(temporary / f"rank_state_{accelerator.process_index}.json", rank_state)
+        write_json_atomic(temporary / f"rank_state_{accelerator.process_index}.json", rank_state, durable=True)
     except OSError as error:
         failure = error
     except SafetensorError as error:  # safetensors reports a full disk as its own error type
@@ -136,12 +90,12 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, loop_state: 
         raise
     if accelerator.is_main_process:
         try:
-            write_json_atomic(temporary / LOOP_STATE, loop_state)
-            _fsync_directory(temporary)
+            write_json_atomic(temporary / LOOP_STATE, loop_state, durable=True)
+            fsync_path(temporary)
             if final.exists():  # the same step saved again (resume then immediate save): replace it whole
                 shutil.rmtree(final)
             os.replace(temporary, final)
-            _fsync_directory(root)
+            fsync_path(root)
         except OSError as error:
             failure = error
             shutil.rmtree(temporary, ignore_errors=True)
@@ -208,24 +162,3 @@ def load_checkpoint(accelerator, path: Path) -> tuple[dict, dict]:
     if not rank_file.is_file():
         raise ValueError(f"{path} has no state for rank {accelerator.process_index}; resume with the same number of processes")
     return loop_state, json.loads(rank_file.read_text())
-
-
-def without_tied_aliases(module, state_dict: dict) -> dict:
-    """``state_dict`` without the second names of tied parameters (an MLM decoder tied to the word embeddings).
-    save_pretrained drops them by seeing shared storage; FSDP's gathered state dict holds separate copies, so they
-    would be written twice."""
-    aliases = ({name for name, _ in module.named_parameters(remove_duplicate=False)}
-               - {name for name, _ in module.named_parameters()})
-    return {key: value for key, value in state_dict.items() if key not in aliases}
-
-
-def export_model(accelerator, model, tokenizer, output_dir: str | Path) -> None:
-    """Write the model (safetensors + config) and tokenizer so the Auto classes and pipelines load ``output_dir``.
-    Call on every rank: under FSDP ``get_state_dict`` gathers the full, unsharded weights (a collective); only the
-    main process writes."""
-    unwrapped = accelerator.unwrap_model(model)
-    state_dict = without_tied_aliases(unwrapped, accelerator.get_state_dict(model))
-    if accelerator.is_main_process:
-        unwrapped.save_pretrained(output_dir, state_dict=state_dict, safe_serialization=True)
-        tokenizer.save_pretrained(output_dir)
-    accelerator.wait_for_everyone()

@@ -11,15 +11,15 @@ or from Python: `train_tokenizer(list_of_strings, "runs/tokenizer", kind="bpe")`
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import logging
 import os
-import shutil
 import sys
 from pathlib import Path
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
+
+from sslnlp.files import atomic_path
 
 if TYPE_CHECKING:  # transformers is imported lazily: it is slow to import and not needed for --help
     import transformers
@@ -85,7 +85,7 @@ def _batches_of_documents(documents: Iterable[str], max_documents: int | None) -
 def _is_non_empty_document(document: object) -> bool:
     if not isinstance(document, str):
         raise TypeError(f"documents must be strings, got {type(document).__name__}; pick the text column first "
-                        "(sslnlp.corpus.load_corpus(..., text_field=...))")
+                        "(sslnlp.data.corpus.load_corpus(..., text_field=...))")
     return bool(document.strip())
 
 
@@ -338,17 +338,14 @@ def train_tokenizer(documents: Iterable[str], output_dir: str | os.PathLike | No
 
 def train_tokenizer_into(documents, saved: str | os.PathLike, options, *, encoder: bool) -> None:
     """Train a tokenizer with a run's TokenizerConfig ``options`` into ``saved``, whole or not at all: it is written
-    to ``saved``.partial and renamed into place, so a kill never leaves half a tokenizer there."""
-    saved = Path(saved)
+    beside it and renamed into place (``sslnlp.files.atomic_path``), so a kill never leaves half a tokenizer there."""
     logging.getLogger(__name__).info("training a %s tokenizer (vocabulary %d) on up to %d documents", options.kind,
                                      options.vocab_size, options.training_documents)
-    partial = saved.with_name(saved.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    train_tokenizer(documents, partial, kind=options.kind, encoder=encoder, vocab_size=options.vocab_size,
-                    min_frequency=options.min_frequency, max_documents=options.training_documents,
-                    lowercase=options.lowercase)
-    shutil.rmtree(saved, ignore_errors=True)  # a directory without tokenizer.json is not a tokenizer
-    os.replace(partial, saved)
+    # replace_directory: a directory without tokenizer.json (an older, interrupted run's) is not a tokenizer
+    with atomic_path(saved, replace_directory=True) as temporary:
+        train_tokenizer(documents, temporary, kind=options.kind, encoder=encoder, vocab_size=options.vocab_size,
+                        min_frequency=options.min_frequency, max_documents=options.training_documents,
+                        lowercase=options.lowercase)
 
 
 def load_tokenizer(name_or_path: str | os.PathLike | transformers.PreTrainedTokenizerBase, *,
@@ -384,46 +381,3 @@ def load_tokenizer(name_or_path: str | os.PathLike | transformers.PreTrainedToke
         raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', name_or_path)!r} is not a fast tokenizer "
                          f"({type(tokenizer).__name__}); word ids need a tokenizer.json-backed (fast) tokenizer")
     return tokenizer
-
-
-def add_tokenizer_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the `sslnlp tokenizer` arguments to parser.
-
-    Args:
-        parser: the (sub)command parser to extend.
-    """
-    parser.add_argument("files", nargs="+", help="corpus files or globs (.txt, .jsonl, .parquet, compressed, ...)")
-    parser.add_argument("--output-dir", required=True, help="directory to save the tokenizer in")
-    parser.add_argument("--kind", choices=TOKENIZER_KINDS, default="wordpiece", help="tokenizer model")
-    parser.add_argument("--decoder", action="store_true",
-                        help="for a decoder (next-token objective): no mask token and nothing around a sequence "
-                             "(bpe/unigram); the default is an encoder tokenizer (mask token, cls/sep)")
-    parser.add_argument("--vocab-size", type=int, default=8192,
-                        help="target vocabulary size, rounded up to a multiple of 64")
-    parser.add_argument("--min-frequency", type=int, default=2, help="minimum count for a merge (wordpiece/bpe)")
-    parser.add_argument("--max-documents", type=int, default=None, help="read at most this many documents")
-    parser.add_argument("--text-field", default="text", help="field holding the text in JSON/Parquet/CSV records")
-
-
-def run_tokenizer_command(args: argparse.Namespace) -> None:
-    """Train a tokenizer from the parsed `sslnlp tokenizer` arguments and print one summary line.
-
-    Args:
-        args: the namespace produced by a parser set up with add_tokenizer_arguments.
-    """
-    from sslnlp.corpus import load_corpus  # imported here so `sslnlp --help` does not pay for the corpus readers
-
-    documents_read = 0
-
-    def counted_documents():
-        nonlocal documents_read
-        for document in load_corpus(args.files[0] if len(args.files) == 1 else [Path(f) for f in args.files],
-                                   text_field=args.text_field):
-            documents_read += 1
-            yield document
-
-    tokenizer = train_tokenizer(counted_documents(), args.output_dir, kind=args.kind, encoder=not args.decoder,
-                                vocab_size=args.vocab_size, min_frequency=args.min_frequency,
-                                max_documents=args.max_documents)
-    print(f"trained {args.kind} tokenizer ({'decoder' if args.decoder else 'encoder'}) on {documents_read} documents: {len(tokenizer)} tokens "
-          f"-> {args.output_dir}")

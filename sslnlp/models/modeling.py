@@ -12,7 +12,7 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from sslnlp.documents import additive_mask, document_attention_mask, document_position_ids, varlen_lengths
+from sslnlp.data.documents import additive_mask, document_attention_mask, document_position_ids, varlen_lengths
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def check_document_attention(config, attn_implementation: str) -> None:
 
 def model_inputs(model, batch: dict) -> dict:
     """The keyword arguments of ``model(...)`` for a collated batch: everything but ``labels``; with
-    ``document_ids`` [B, L] (data.attention_within_documents, sslnlp.documents) the model also gets per-document
+    ``document_ids`` [B, L] (data.attention_within_documents, sslnlp.data.documents) the model also gets per-document
     ``position_ids`` and attention confined to each document, in the form its attention kernel takes:
 
     - sdpa: a boolean mask [B, 1, L, L]; eager: the same as an additive float mask. transformers.masking_utils

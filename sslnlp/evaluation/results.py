@@ -10,12 +10,11 @@ none of them.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from sslnlp.files import write_text_atomic
 from sslnlp.config import EvaluateConfig, to_dict
 
-RESULT_KEYS = ("probe", "random_probe", "finetune", "random_finetune")
 
 
 def update_results(output_dir: str | Path, model_name_or_path: str, rows: dict) -> dict:
@@ -99,9 +98,7 @@ def write_results(output_dir: str | Path, results: dict) -> None:
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     for name, text in (("results.json", json.dumps(results, indent=2)), ("results.md", results_markdown(results))):
-        temporary = output_dir / f".{name}.tmp"
-        temporary.write_text(text)
-        os.replace(temporary, output_dir / name)
+        write_text_atomic(output_dir / name, text)
 
 
 def record_results(config: EvaluateConfig, accelerator, rows: dict) -> dict:

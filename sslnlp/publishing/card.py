@@ -97,7 +97,7 @@ def sources(files) -> list[str]:
 
 
 def is_hub_id(source: str) -> bool:
-    """The rule of sslnlp.corpus.load_corpus: a name that is not a path, a glob or a file name."""
+    """The rule of sslnlp.data.corpus.load_corpus: a name that is not a path, a glob or a file name."""
     if source.startswith(("sslnlp:", "<", ".", "/", "~")):
         return False
     return not (os.path.exists(os.path.expanduser(source)) or glob.has_magic(source) or "." in os.path.basename(source))
@@ -122,11 +122,11 @@ def describe_tokenizer(config: PretrainConfig) -> str:
 
 
 def version() -> str:
-    try:
-        from sslnlp import __version__
+    from importlib import metadata
 
-        return __version__
-    except ImportError:  # pragma: no cover
+    try:
+        return metadata.version("sslnlp")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
         return "unknown"
 
 
@@ -137,8 +137,8 @@ def evaluation_results(results: dict | None) -> tuple[list[dict], str]:
     """model-index entries and a markdown table from an evaluation's results.json (sslnlp probe / finetune)."""
     if not results or not isinstance(results.get("tasks"), dict) or not results["tasks"]:
         return [], ""
-    from sslnlp.results import results_markdown
-    from sslnlp.tasks import GLUE_DATASET, GLUE_TASKS
+    from sslnlp.evaluation.results import results_markdown
+    from sslnlp.evaluation.tasks import GLUE_DATASET, GLUE_TASKS
 
     entries = []
     for name, row in results["tasks"].items():
@@ -167,8 +167,22 @@ def evaluation_results(results: dict | None) -> tuple[list[dict], str]:
     return entries, table
 
 
-def loss_table(records: list[dict], rows: int = 8) -> str:
-    """A few evenly spaced points of the training curve, with the held-out evaluations."""
+NOT_METRICS = {"eval_targets"}  # held-out counts, not scores
+
+
+def held_out_metrics(record: dict) -> list[str]:
+    """The held-out metric keys of a record, whatever the objective reports: loss and perplexity first."""
+    keys = [k for k in record if k.startswith("eval_") and k not in NOT_METRICS and record[k] is not None]
+    return sorted(keys, key=lambda k: (k != "eval_loss", k != "eval_perplexity", k))
+
+
+def metric_label(key: str) -> str:
+    return "held-out " + key.removeprefix("eval_").replace("_", " ")
+
+
+def loss_table(records: list[dict], rows: int = 8, columns: int = 3) -> str:
+    """A few evenly spaced points of the training curve, with the held-out evaluations (loss and the objective's
+    first metrics)."""
     train = [r for r in records if r.get("loss") is not None]
     evaluations = {r["step"]: r for r in records if "eval_loss" in r and "step" in r}
     if not train and not evaluations:
@@ -176,13 +190,14 @@ def loss_table(records: list[dict], rows: int = 8) -> str:
     count = min(rows, len(train))
     chosen = [train[round(i * (len(train) - 1) / max(count - 1, 1))] for i in range(count)]
     picked = {record.get("step"): record for record in chosen}
-    lines = ["| step | tokens | training loss | learning rate | held-out loss | held-out accuracy |",
-             "|---:|---:|---:|---:|---:|---:|"]
+    shown = [k for k in held_out_metrics(next(iter(evaluations.values()), {})) if k != "eval_perplexity"][:columns]
+    lines = ["| step | tokens | training loss | learning rate |" + "".join(f" {metric_label(k)} |" for k in shown),
+             "|---:|---:|---:|---:|" + "---:|" * len(shown)]
     for step in sorted(set(picked) | set(evaluations)):
         record, evaluation = picked.get(step, {}), evaluations.get(step, {})
         lines.append(f"| {step} | {format_number(record.get('tokens'))} | {format_number(record.get('loss'))} | "
-                     f"{format_number(record.get('learning_rate'), 3)} | {format_number(evaluation.get('eval_loss'))} | "
-                     f"{format_number(evaluation.get('eval_accuracy'))} |")
+                     f"{format_number(record.get('learning_rate'), 3)} |"
+                     + "".join(f" {format_number(evaluation.get(k))} |" for k in shown))
     return "\n".join(lines)
 
 
@@ -197,9 +212,8 @@ def metadata(config: PretrainConfig, objective: Objective, model_type: str, name
              results: dict | None) -> dict:
     """The card's YAML header: library, license, tags, pipeline tag, datasets and model-index results."""
     hub_datasets = [s for s in sources(config.data.train_files) if is_hub_id(s)]
-    eval_metrics = [{"type": kind, "value": rounded(eval_values.get(key)), "name": label} for key, kind, label in (
-        ("eval_loss", "loss", "Held-out loss"), ("eval_perplexity", "perplexity", "Held-out perplexity"),
-        ("eval_accuracy", "accuracy", "Held-out accuracy")) if rounded(eval_values.get(key)) is not None]
+    eval_metrics = [{"type": key.removeprefix("eval_"), "value": rounded(value), "name": metric_label(key).capitalize()}
+                    for key, value in eval_values.items() if rounded(value) is not None]
     model_index = []
     if eval_metrics:
         model_index.append({"task": {"type": objective.pipeline_tag, "name": objective.card_text()},
@@ -282,11 +296,11 @@ def results_section(config: PretrainConfig, summary: dict, eval_values: dict, me
     train_loss = summary.get("train_loss", last_train.get("loss"))
     text = f"Measured by the run itself: training loss {format_number(train_loss)} (mean of the last logging window)"
     if rounded(eval_values.get("eval_loss")) is not None:
-        evaluation = config.evaluation
-        text += (f"; on held-out text (collated with the fixed seed {evaluation.eval_seed} and, for masked objectives, "
-                 f"masking rate {evaluation.eval_mlm_probability}, so runs compare): loss "
-                 f"{format_number(eval_values.get('eval_loss'))}, perplexity {format_number(eval_values.get('eval_perplexity'))}, "
-                 f"accuracy {format_number(eval_values.get('eval_accuracy'))}.")
+        rate = getattr(config.objective, "eval_mlm_probability", None)  # objectives that mask say at what rate
+        fixed = f"the fixed seed {config.evaluation.eval_seed}" + (f" and masking rate {rate}" if rate else "")
+        scores = ", ".join(f"{metric_label(key).removeprefix('held-out ')} {format_number(value)}"
+                           for key, value in eval_values.items())
+        text += f"; on held-out text (collated with {fixed}, so runs compare): {scores}."
     else:
         text += "."
     lines = ["", "## Results", "", text, ""]
@@ -350,7 +364,7 @@ def model_card(*, repo_id: str, config: PretrainConfig, summary: dict, model_con
     model_type = model_config.get("model_type") or config.model.model_type
     name = repo_id.split("/")[-1]
     last_eval = next((r for r in reversed(metrics) if "eval_loss" in r), {})
-    eval_values = {key: summary.get(key, last_eval.get(key)) for key in ("eval_loss", "eval_perplexity", "eval_accuracy")}
+    eval_values = {key: summary.get(key, last_eval.get(key)) for key in held_out_metrics({**last_eval, **summary})}
     start = config.model.model_name_or_path
     origin = ("from scratch" if not start else f"continued from [`{start}`](https://huggingface.co/{start})"
               if is_hub_id(start) else "continued from a local checkpoint")
@@ -389,7 +403,7 @@ def write_model_card(folder: str | Path, summary: dict | None = None, config: Pr
     With matplotlib installed (``sslnlp[report]``) the loss chart is drawn from folder/metrics.jsonl into
     folder/loss.png and embedded in the card.
     """
-    from sslnlp.report import write_loss_chart
+    from sslnlp.publishing.report import write_loss_chart
 
     folder = Path(folder)
     chart = (folder / "metrics.jsonl").is_file() and write_loss_chart(folder, folder / LOSS_CHART, repo_id.split("/")[-1])

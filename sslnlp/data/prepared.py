@@ -1,0 +1,304 @@
+"""Prepared blocks: the directory ``sslnlp prepare`` writes (``sslnlp.data.prepare``) and its reader, so that a
+run trains with no tokenization at train time.
+
+    sslnlp prepare recipes/cram-cpu.yaml --output-dir data/cram-prepared          # every core of this machine
+    sslnlp pretrain recipes/cram-cpu.yaml data.train_files=data/cram-prepared
+    sslnlp pretrain ... data.train_files=s3://bucket/cram-prepared           # or hf://datasets/me/cram-prepared
+
+Layout of a prepared directory (Arrow IPC stream files, the format of Hugging Face ``datasets``: each shard opens with
+``datasets.Dataset.from_file`` for inspection)::
+
+    manifest.json          settings (tokenizer sha256, max_seq_length, block layout), per split: shards with their
+                           blocks, tokens and sha256, documents, tokens dropped at the end; "complete" when done
+    tokenizer/             the tokenizer the blocks were made with (a run without a tokenizer of its own uses it)
+    train/shard-00000.arrow    one row per packed block: input_ids (uint16, or int32 for vocabularies over 65,536),
+    ...                        word_starts (uint8, when the objective masks whole words)
+    validation/...         the held-out documents (data.validation_files or data.validation_holdout_every), packed
+
+Reading (``PreparedBlocks``, a ``BlockSource`` like the streaming ``PackedBlocks``): the split's blocks are divided into one
+contiguous range per (rank x DataLoader worker), so ranks read disjoint blocks and touch few shard files; each
+range is read in chunks of ``CHUNK_BLOCKS`` blocks, memory-mapped (memory stays flat in corpus size), in a seeded
+order reshuffled every epoch when ``data.shuffle_documents`` is set. The position (epoch, chunks read) is all a resume
+needs: nothing is read again. A remote location (any fsspec URL: ``s3://``, ``gs://``, ``hf://datasets/...``) is
+read through fsspec, each rank fetching only the shard files of its range into a local cache (``SSLNLP_CACHE``,
+default ``~/.cache/sslnlp``), checked against the manifest's sha256.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from sslnlp.data.blocks import BlockSource
+from sslnlp.data.corpus import CorpusError
+from sslnlp.data.packing import BlockLayout
+from sslnlp.files import atomic_path
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+FORMAT = "sslnlp-prepared-blocks"
+VERSION = 1
+CHUNK_BLOCKS = 64  # blocks per read (and per step of the shuffled order)
+
+
+def is_prepared(source) -> bool:
+    """True when ``source`` (a data.train_files value) names a prepared directory: local or remote."""
+    if not isinstance(source, (str, os.PathLike)):
+        return False
+    location = os.fspath(source)
+    if "://" in location:
+        try:
+            import fsspec
+
+            filesystem, path = fsspec.core.url_to_fs(location)
+            return filesystem.isfile(f"{path.rstrip('/')}/{MANIFEST}")
+        except Exception:  # noqa: BLE001 - not a reachable prepared location: treated as text (which then fails)
+            return False
+    return (Path(os.path.expanduser(location)) / MANIFEST).is_file()
+
+
+def check_not_half_prepared(source) -> None:
+    """Refuse, in one line, a local directory that holds prepared shards but no manifest (an interrupted prepare's
+    first moments, or a copy that left manifest.json behind): read as text it would fail on the tokenizer's JSON."""
+    if not isinstance(source, (str, os.PathLike)) or "://" in os.fspath(source):
+        return
+    directory = Path(os.path.expanduser(os.fspath(source)))
+    if directory.is_dir() and not (directory / MANIFEST).is_file() and (
+            any(directory.glob("*/shard-*.arrow")) or (directory / "tokenizer" / "tokenizer.json").is_file()):
+        raise CorpusError(f"data.train_files={os.fspath(source)} looks like a prepared directory without its {MANIFEST} "
+                          "(an interrupted prepare, or a copy that left it behind); run the same sslnlp prepare "
+                          f"command again to finish it, or copy {MANIFEST} with the shards")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(2**22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tokenizer_sha256(tokenizer) -> str:
+    """The same fingerprint a run's provenance records."""
+    return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------------- read
+
+
+def cache_root() -> Path:
+    return Path(os.path.expanduser(os.environ.get("SSLNLP_CACHE", "~/.cache/sslnlp")))
+
+
+class PreparedData:
+    """A prepared directory, local or at an fsspec URL: its manifest, its tokenizer, its splits.
+
+    Args:
+        location: the directory (or URL) ``sslnlp prepare`` wrote.
+    """
+
+    def __init__(self, location: str | os.PathLike):
+        self.location = os.fspath(location).rstrip("/")
+        self.remote = "://" in self.location
+        self.local = Path(os.path.expanduser(self.location))
+        try:
+            text = self._read_text(MANIFEST)
+        except (OSError, FileNotFoundError) as error:
+            raise CorpusError(f"cannot read {self.location}/{MANIFEST} ({error}); give the directory sslnlp prepare "
+                              "wrote") from error
+        try:
+            self.manifest = json.loads(text)
+            self.settings = self.manifest["settings"]
+        except (ValueError, KeyError) as error:
+            raise CorpusError(f"{self.location}/{MANIFEST} is not a prepare manifest ({error}); prepare again") from error
+        if not self.manifest.get("complete"):
+            raise CorpusError(f"{self.location} is not completely prepared (the prepare was interrupted); run the "
+                              "same sslnlp prepare command again to finish it")
+        if self.settings.get("format") != FORMAT or self.settings.get("version") != VERSION:
+            raise CorpusError(f"{self.location} holds format {self.settings.get('format')} version "
+                              f"{self.settings.get('version')}; this sslnlp reads {FORMAT} version {VERSION}: prepare again")
+        self.manifest_sha256 = hashlib.sha256(text.encode()).hexdigest()
+        if self.remote:  # one cache folder per location and content: a prepare redone there is fetched anew
+            place = hashlib.sha256(self.location.encode()).hexdigest()[:16]
+            self.local = cache_root() / "prepared" / f"{place}-{self.manifest_sha256[:16]}"
+            self.local.mkdir(parents=True, exist_ok=True)
+
+    def _filesystem(self):
+        import fsspec
+
+        return fsspec.core.url_to_fs(self.location)
+
+    def _read_text(self, relative: str) -> str:
+        if not self.remote:
+            return (self.local / relative).read_text()
+        filesystem, root = self._filesystem()
+        with filesystem.open(f"{root}/{relative}", "r") as handle:
+            return handle.read()
+
+    def fetch(self, relative: str, sha256: str | None = None) -> Path:
+        """The local path of a file of the prepared directory (downloaded into the cache once when remote)."""
+        local = self.local / relative
+        if not self.remote or local.is_file():
+            return local
+        local.parent.mkdir(parents=True, exist_ok=True)
+        filesystem, root = self._filesystem()
+        with atomic_path(local, per_process=True) as partial:
+            filesystem.get_file(f"{root}/{relative}", str(partial))
+            if sha256 is not None and sha256_file(partial) != sha256:
+                raise CorpusError(f"{self.location}/{relative} does not match the manifest's sha256 (changed after "
+                                  "prepare, or a broken download); prepare again or retry")
+        return local
+
+    def tokenizer_path(self) -> Path:
+        """The directory of the tokenizer the blocks were made with (fetched when remote)."""
+        if self.remote:
+            filesystem, root = self._filesystem()
+            for path in filesystem.ls(f"{root}/tokenizer", detail=False):
+                self.fetch(f"tokenizer/{Path(path).name}")
+        return self.local / "tokenizer"
+
+    def split(self, name: str) -> "PreparedSplit | None":
+        return PreparedSplit(self, name) if name in self.manifest["splits"] else None
+
+    def fingerprint(self) -> dict:
+        return {"kind": "prepared", "manifest_sha256": self.manifest_sha256}
+
+    def check(self, tokenizer, layout: BlockLayout, max_seq_length: int) -> None:
+        """Refuse, in one line, a run whose tokenizer, block length or layout differ from the blocks'."""
+        where = f"data.train_files={self.location}"
+        if self.settings["tokenizer_sha256"] != tokenizer_sha256(tokenizer):
+            raise CorpusError(f"{where} was prepared with another tokenizer (sha256 "
+                              f"{self.settings['tokenizer_sha256'][:12]}, this run's {tokenizer_sha256(tokenizer)[:12]}); "
+                              "prepare again with this run's tokenizer, or drop tokenizer.tokenizer_name_or_path to "
+                              "use the prepared one")
+        if self.settings["max_seq_length"] != max_seq_length:
+            raise CorpusError(f"{where} holds blocks of {self.settings['max_seq_length']} tokens but this run has "
+                              f"data.max_seq_length={max_seq_length}; set it to {self.settings['max_seq_length']} or "
+                              "prepare again")
+        if not isinstance(layout, BlockLayout):
+            raise CorpusError(f"{where} holds packed blocks but this run's objective reads unpacked segments; train "
+                              "it from text")
+        stored = self.settings["layout"]
+        if (stored["prefix"], stored["suffix"], stored["separator"]) != (list(layout.prefix), list(layout.suffix),
+                                                                         layout.separator):
+            raise CorpusError(f"{where} was prepared for another block layout (special tokens {stored['prefix']} ... "
+                              f"{stored['suffix']}, separator {stored['separator']}); prepare again with this run's "
+                              "objective")
+        if layout.word_starts and not stored["word_starts"]:
+            raise CorpusError(f"{where} has no word starts, which this run's masking needs; prepare again with this "
+                              "run's objective (whole-word or span masking)")
+
+
+class PreparedSplit:
+    """The blocks of one split, addressed by global block index across its shard files (memory-mapped)."""
+
+    reiterable = True
+
+    def __init__(self, data: PreparedData, name: str):
+        self.data, self.name = data, name
+        self.shards = data.manifest["splits"][name]["shards"]
+        self.ends = np.cumsum([shard["blocks"] for shard in self.shards])
+        self.blocks = int(self.ends[-1]) if len(self.ends) else 0
+        self.word_starts = bool(data.settings["layout"]["word_starts"])
+        self._tables: dict[int, object] = {}
+
+    def __getstate__(self):  # DataLoader workers map the files themselves
+        return {**self.__dict__, "_tables": {}}
+
+    def fingerprint(self) -> dict:
+        return {**self.data.fingerprint(), "split": self.name}
+
+    def _table(self, index: int):
+        if index not in self._tables:
+            import pyarrow as pa
+
+            shard = self.shards[index]
+            path = self.data.fetch(f"{self.name}/{shard['file']}", shard["sha256"])
+            try:
+                table = pa.ipc.open_stream(pa.memory_map(str(path))).read_all()
+            except (pa.ArrowInvalid, OSError) as error:
+                state = "truncated or changed" if sha256_file(path) != shard["sha256"] else "unreadable"
+                raise CorpusError(f"{path} is {state} since sslnlp prepare wrote it (its sha256 no longer matches "
+                                  f"{MANIFEST}; {str(error).splitlines()[0][:80]}); prepare again into a new "
+                                  "--output-dir, or copy the prepared directory whole") from None
+            if table.num_rows != shard["blocks"]:
+                raise CorpusError(f"{path} holds {table.num_rows} blocks where {MANIFEST} says {shard['blocks']}; "
+                                  "prepare again into a new --output-dir, or copy the prepared directory whole")
+            self._tables[index] = table
+        return self._tables[index]
+
+    def read(self, start: int, stop: int, with_word_starts: bool) -> dict:
+        """Blocks [start, stop): {"input_ids": int32 [n, L], "word_starts": bool [n, L] (when asked)}."""
+        pieces = collections.defaultdict(list)
+        shard = int(np.searchsorted(self.ends, start, side="right"))
+        while start < stop:
+            first = int(self.ends[shard - 1]) if shard else 0
+            take = min(stop, int(self.ends[shard])) - start
+            table = self._table(shard).slice(start - first, take)
+            columns = ["input_ids"] + (["word_starts"] if with_word_starts else [])
+            for column in columns:
+                values = table.column(column).combine_chunks()
+                length = values.type.list_size
+                pieces[column].append(values.values.to_numpy().reshape(-1, length))
+            start += take
+            shard += 1
+        chunk = {"input_ids": np.concatenate(pieces["input_ids"]).astype(np.int32)}
+        if with_word_starts:
+            chunk["word_starts"] = np.concatenate(pieces["word_starts"]).astype(bool)
+        return chunk
+
+
+class PreparedBlocks(BlockSource):
+    """Chunks of prepared blocks for this rank: one contiguous range of the split's blocks per (rank x worker).
+
+    Args:
+        split: the PreparedSplit to read.
+        layout: the run's BlockLayout (word starts are read only when it wants them).
+        rank, world_size, num_workers: as for every ``BlockSource``.
+        shuffle: visit the range's chunks in a seeded order, reshuffled every epoch (else stored order).
+        seed: that order's seed.
+        repeat: start a new epoch at the end of the range (training); False reads it once (evaluation).
+    """
+
+    def __init__(self, split: PreparedSplit, *, layout: BlockLayout, rank: int = 0, world_size: int = 1,
+                 num_workers: int = 0, shuffle: bool = False, seed: int = 0, repeat: bool = True):
+        super().__init__(layout=layout, rank=rank, world_size=world_size, num_workers=num_workers)
+        self.split = split
+        self.shuffle, self.seed, self.repeat = shuffle, seed, repeat
+        if split.blocks < self.shard_count:
+            raise CorpusError(f"{split.data.location} has {split.blocks} {split.name} blocks, fewer than the "
+                              f"{self.shard_count} readers (ranks x data.num_workers); prepare more text or use fewer")
+
+    def block_range(self, shard: int) -> tuple[int, int]:
+        """The blocks [start, stop) of one reader: contiguous, disjoint, sizes differing by at most one."""
+        return shard * self.split.blocks // self.shard_count, (shard + 1) * self.split.blocks // self.shard_count
+
+    def chunk_order(self, shard: int, epoch: int) -> np.ndarray:
+        start, stop = self.block_range(shard)
+        count = -(-(stop - start) // CHUNK_BLOCKS)
+        if not self.shuffle:
+            return np.arange(count)
+        return np.random.default_rng([self.seed, epoch, shard]).permutation(count)
+
+    def iter_shard(self, shard: int, state: dict | None = None) -> Iterator[dict]:
+        start, stop = self.block_range(shard)
+        epoch, position = (state["epoch"], state["position"]) if state else (0, 0)
+        while True:
+            order = self.chunk_order(shard, epoch)
+            for index in range(position, len(order)):
+                first = start + int(order[index]) * CHUNK_BLOCKS
+                chunk = self.split.read(first, min(first + CHUNK_BLOCKS, stop), self.layout.word_starts)
+                chunk["shard"] = shard
+                chunk["state"] = {"epoch": epoch, "position": index + 1}
+                yield chunk
+            if not self.repeat:
+                return
+            epoch, position = epoch + 1, 0
