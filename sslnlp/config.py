@@ -619,6 +619,12 @@ class ProbeOptions:
 class FinetuneOptions:
     learning_rate: float = option(5e-5, "Peak learning rate (one setting for every task: no per-task search).")
     num_train_epochs: float = option(3, "Epochs over the training split.")
+    max_steps: int = option(0, "Optimizer steps of a run (0: num_train_epochs decides).")
+    min_steps: int = option(0, "At least this many optimizer steps whatever the epochs (a learning curve's 64 "
+                               "examples are 2 steps an epoch at batch 32).")
+    evaluations: int = option(0, "Validate this many times at evenly spaced steps (0: after every epoch).")
+    early_stopping: bool = option(False, "Report the test score at the validation point with the best score (the "
+                                         "weights of that point) instead of at the end.")
     per_device_train_batch_size: int = option(32, "Examples per device per step.")
     per_device_eval_batch_size: int = option(64, "Examples per evaluation batch.")
     seeds: list = option([0, 1, 2], "One run per seed (head initialisation, data order); the median is reported.")
@@ -642,6 +648,12 @@ class EvaluateConfig:
     max_seq_length: int = option(128, "Longest input in tokens (a task's max_seq_length wins).")
     random_baseline: bool = option(True, "Also evaluate the same architecture with random weights: the floor.")
     seed: int = option(0, "Seed of the probe and of the random-weight twin of the probe.")
+    train_sizes: list = option([], "Learning curve: training-set sizes (integers, or 'all' for the whole train split), "
+                                   "each scored on one stratified subset of the train split per curve seed (nested: "
+                                   "a seed's larger subset holds its smaller ones); empty: no curve.")
+    curve_seeds: list = option([0, 1, 2], "Learning curve: one subset (and one probe / fine-tune seed) per seed.")
+    tfidf_baseline: bool = option(True, "Learning curve: also score TF-IDF + logistic regression on the same subsets "
+                                        "(needs scikit-learn).")
     trust_remote_code: bool = option(False, "Allow code from the checkpoint's repository to run.")
     probe: ProbeOptions = field(default_factory=ProbeOptions)
     finetune: FinetuneOptions = field(default_factory=FinetuneOptions)
@@ -666,6 +678,15 @@ class EvaluateConfig:
             raise ConfigError("finetune.num_train_epochs must be > 0 and finetune.per_device_train_batch_size >= 1")
         if self.max_seq_length < 4:
             raise ConfigError(f"max_seq_length={self.max_seq_length} is too short; use at least 4")
+        if any(size != "all" and (isinstance(size, bool) or not isinstance(size, int) or size < 1)
+               for size in self.train_sizes):
+            raise ConfigError(f"train_sizes={self.train_sizes!r} must list positive integers or 'all', e.g. "
+                              "train_sizes=[64, 256, all]")
+        if not self.curve_seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in self.curve_seeds):
+            raise ConfigError(f"curve_seeds={self.curve_seeds!r} must be a non-empty list of integers")
+        for key in ("max_steps", "min_steps", "evaluations"):
+            if getattr(self.finetune, key) < 0:
+                raise ConfigError(f"finetune.{key}={getattr(self.finetune, key)} must be >= 0")
         self.task_configs()
 
     def task_configs(self) -> list[TaskConfig]:

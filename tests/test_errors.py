@@ -149,6 +149,13 @@ EVALUATION_CASES = {
                                       "task.jsonl:1: label 'a' is not a number; problem_type=regression needs numeric labels"),
     "unknown task key": (lambda t, w: [f"tasks=[{{train_fle: {labelled(t, GOOD_ROWS)}}}]"],
                          "unknown config key 'tasks[0].train_fle'; did you mean 'train_file'?"),
+    "curve size above the train split": (lambda t, w: [f"tasks=[{{train_file: {labelled(t, GOOD_ROWS)}}}]",
+                                                       "train_sizes=[16, 500]"],
+                                         "train_sizes: 500 is larger than task 'task''s train split (32 examples)"),
+    "curve size below the classes": (lambda t, w: [f"tasks=[{{train_file: {labelled(t, GOOD_ROWS)}}}]", "train_sizes=[1]"],
+                                     "train_sizes: 1 is smaller than task 'task''s 2 classes"),
+    "curve size not a number": (lambda t, w: [f"tasks=[{{train_file: {labelled(t, GOOD_ROWS)}}}]", "train_sizes=[few]"],
+                                "train_sizes=['few'] must list positive integers or 'all'"),
 }
 
 

@@ -108,8 +108,23 @@ def test_the_report_command_and_its_errors(runs, tmp_path):
     missing = subprocess.run([sys.executable, "-m", "sslnlp", "report", str(tmp_path)], cwd=REPO, capture_output=True,
                              text=True, timeout=300)
     assert missing.returncode == 2
-    assert missing.stderr.strip().splitlines()[-1] == (f"sslnlp: error: {tmp_path}: no metrics.jsonl; give the "
-                                                       "output_dir of an sslnlp pretrain run")
+    assert missing.stderr.strip().splitlines()[-1] == (f"sslnlp: error: {tmp_path}: no metrics.jsonl and no "
+                                                       "results.json; give the output_dir of an sslnlp pretrain, "
+                                                       "probe or finetune run")
+
+
+def test_series_of_one_run_get_a_colour_each(runs):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.colors import to_hex
+
+    from sslnlp.publishing.report import _figure, chart_series, read_run
+
+    run = read_run(runs / "run")
+    figure = _figure("scores", [run], [chart_series(run)], [(0.1, 0.2, 0.6, 1.0)])  # write_report: one per run
+    lines = figure.axes[0].get_lines()
+    assert len(lines) == 2 and to_hex(lines[0].get_color()) != to_hex(lines[1].get_color())
 
 
 def cli_run(output_dir: Path, corpus_file: str, wordpiece_dir: str, *flags: str) -> subprocess.CompletedProcess:

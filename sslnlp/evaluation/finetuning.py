@@ -29,6 +29,7 @@ from sslnlp.evaluation.loading import (
     load_model_config,
 )
 from sslnlp.config import EvaluateConfig, FinetuneOptions
+from sslnlp.evaluation.curves import curve_sizes, run_curve, tfidf_score
 from sslnlp.evaluation.features import model_columns, pad_batch, pad_token_id_of, tokenized_splits
 from sslnlp.evaluation.metrics import compute_metrics
 from sslnlp.evaluation.results import record_results
@@ -98,7 +99,8 @@ def predict(model, loader, accelerator, regression: bool) -> tuple[torch.Tensor,
 
 def finetune_once(task: LabelledTask, tokenizer, config: EvaluateConfig, model_config, seed: int, accelerator,
                   random_weights: bool = False, save_dir: Path | None = None, metrics_log=None) -> dict:
-    """One fine-tuning run: train on ``task.train`` for the protocol's epochs, validate each epoch, score test.
+    """One fine-tuning run: train on ``task.train`` for the protocol's steps, validate at its evaluation points,
+    score test (at the end, or with ``finetune.early_stopping`` at the best validation point).
 
     Args:
         task, tokenizer: the loaded task and the checkpoint's tokenizer.
@@ -109,7 +111,8 @@ def finetune_once(task: LabelledTask, tokenizer, config: EvaluateConfig, model_c
         save_dir: save the final model and tokenizer there (Hugging Face format).
         metrics_log: a MetricsLog for per-epoch validation records.
     Returns:
-        ``{"seed", "validation": [per epoch {metric: value}], "test": {metric: value}, "steps", "seconds"}``.
+        ``{"seed", "validation": [per evaluation point {metric: value}], "test": {metric: value}, "test_step",
+        "steps", "seconds"}``.
     """
     from sslnlp.models.export import export_model
     from sslnlp.models.modeling import usable_positions
@@ -132,12 +135,12 @@ def finetune_once(task: LabelledTask, tokenizer, config: EvaluateConfig, model_c
     optimizer = torch.optim.AdamW(parameter_groups(model, options.weight_decay), lr=options.learning_rate)
     model, optimizer, train_loader, validation_loader, test_loader = accelerator.prepare(
         model, optimizer, loader("train", True), loader("validation", False), loader("test", False))
-    total_steps = max(1, math.ceil(options.num_train_epochs * len(train_loader)))
-    step, epoch, history = 0, 0, []
+    total_steps = training_steps(options, len(train_loader))
+    checkpoints = evaluation_steps(options, total_steps, len(train_loader))
+    step, epoch, history, losses, best = 0, 0, [], [], None
     model.train()
     while step < total_steps:
         epoch += 1
-        losses = []
         for batch in train_loader:
             if step >= total_steps:
                 break
@@ -153,17 +156,42 @@ def finetune_once(task: LabelledTask, tokenizer, config: EvaluateConfig, model_c
             optimizer.zero_grad(set_to_none=True)
             losses.append(loss.detach())
             step += 1
-        validation = compute_metrics(task.metrics, *predict(model, validation_loader, accelerator, regression))
-        train_loss = accelerator.reduce(torch.stack(losses).mean(), "mean").item() if losses else float("nan")
-        history.append({"epoch": epoch, "step": step, "train_loss": train_loss, **validation})
-        if metrics_log is not None:
-            metrics_log.write({"task": task.name, "seed": seed, "random_weights": random_weights, **history[-1]})
-    test = compute_metrics(task.metrics, *predict(model, test_loader, accelerator, regression))
+            if step not in checkpoints:
+                continue
+            validation = compute_metrics(task.metrics, *predict(model, validation_loader, accelerator, regression))
+            train_loss = accelerator.reduce(torch.stack(losses).mean(), "mean").item()
+            history.append({"epoch": epoch, "step": step, "train_loss": train_loss, **validation})
+            losses = []
+            if metrics_log is not None:
+                metrics_log.write({"task": task.name, "seed": seed, "random_weights": random_weights, **history[-1]})
+            if options.early_stopping and (best is None or validation[task.metrics[0]] > best[0]):
+                best = (validation[task.metrics[0]], step,
+                        compute_metrics(task.metrics, *predict(model, test_loader, accelerator, regression)))
+    if best is not None:
+        test_step, test = best[1], best[2]
+    else:
+        test_step, test = step, compute_metrics(task.metrics, *predict(model, test_loader, accelerator, regression))
     if save_dir is not None:
         export_model(accelerator, model, tokenizer, save_dir)
     del model, optimizer
     accelerator.free_memory()  # drops the accelerator's references too: the next run starts clean
-    return {"seed": seed, "validation": history, "test": test, "steps": step, "seconds": time.perf_counter() - start}
+    return {"seed": seed, "validation": history, "test": test, "test_step": test_step, "steps": step,
+            "seconds": time.perf_counter() - start}
+
+
+def training_steps(options: FinetuneOptions, batches_per_epoch: int) -> int:
+    """Optimizer steps of one run: finetune.max_steps, else the epochs' steps, at least finetune.min_steps."""
+    steps = options.max_steps or math.ceil(options.num_train_epochs * batches_per_epoch)
+    return max(1, steps, options.min_steps)
+
+
+def evaluation_steps(options: FinetuneOptions, total_steps: int, batches_per_epoch: int) -> set[int]:
+    """The steps after which validation runs: finetune.evaluations evenly spaced ones, else each epoch's end (the
+    last step always)."""
+    if options.evaluations:
+        count = min(options.evaluations, total_steps)
+        return {round(total_steps * (k + 1) / count) for k in range(count)}
+    return set(range(batches_per_epoch, total_steps + 1, batches_per_epoch)) | {total_steps}
 
 
 # ---------------------------------------------------------------------------------------------------- every task
@@ -205,24 +233,48 @@ def finetune(config: EvaluateConfig) -> dict:
     rows = {}
     for task_config in task_configs:
         task = load_task(task_config)
+        sizes = curve_sizes(config.train_sizes, task)  # a size the task cannot give is refused before any work
+        # a learning curve is the evaluation: the whole split is trained on only when it is one of its sizes
+        seeds = options.seeds if not sizes or len(task.train) in sizes else []
         accelerator.print(f"finetune {task.name}: {len(task.train)} train / {len(task.validation)} validation / "
-                          f"{len(task.test)} {task.report_split} examples, seeds {options.seeds}")
+                          f"{len(task.test)} {task.report_split} examples, seeds {seeds}"
+                          + (f", learning curve at {sizes} x seeds {config.curve_seeds}" if sizes else ""))
         row = {"metrics": task.metrics, "split": task.report_split, "problem_type": task.problem_type,
                "fingerprint": task.fingerprint()}
+        curves = {}
         for key, random_weights in (("finetune", False), ("random_finetune", True)):
             if random_weights and not config.random_baseline:
                 continue
             runs = []
-            for index, seed in enumerate(options.seeds):
+            for index, seed in enumerate(seeds):
                 save = output_dir / task.name if options.save_model and index == 0 and not random_weights else None
                 runs.append(finetune_once(task, tokenizer, config, model_config, seed, accelerator, random_weights,
                                           save, metrics_log))
                 metric = task.metrics[0]
                 accelerator.print(f"  {'random weights' if random_weights else 'pretrained'} seed {seed}: {metric} "
                                   f"{runs[-1]['test'][metric]:.4f} on {task.report_split} ({runs[-1]['seconds']:.1f} s)")
-            row[key] = {**summarize_seeds(runs, task.metrics), "world_size": accelerator.num_processes,
-                        "mixed_precision": accelerator.mixed_precision}
-            if key == "finetune" and options.save_model:
+            if runs:
+                row[key] = {**summarize_seeds(runs, task.metrics), "world_size": accelerator.num_processes,
+                            "mixed_precision": accelerator.mixed_precision}
+            if key == "finetune" and options.save_model and runs:
                 row[key]["model_dir"] = str(output_dir / task.name)
+            if config.train_sizes:
+                whole = {run["seed"]: run["test"] for run in runs}  # the whole split: these runs are that point
+
+                def score(subset, indices, seed, random_weights=random_weights, whole=whole):
+                    size = len(indices)
+                    if size == len(task.train) and seed in whole:
+                        return whole[seed]
+                    result = finetune_once(subset, tokenizer, config, model_config, seed, accelerator, random_weights)
+                    accelerator.print(f"  curve, {'random weights' if random_weights else 'pretrained'}, {size} "
+                                      f"examples, seed {seed}: {task.metrics[0]} {result['test'][task.metrics[0]]:.4f}")
+                    return result["test"]
+
+                curves[key] = run_curve(task, config.train_sizes, config.curve_seeds, score)
+        if config.train_sizes and config.tfidf_baseline:
+            curves["tfidf"] = run_curve(task, config.train_sizes, config.curve_seeds,
+                                        lambda subset, indices, seed: tfidf_score(subset)["test"])
+        if curves:
+            row["curves"] = curves
         rows[task.name] = row
     return record_results(config, accelerator, rows)

@@ -38,6 +38,7 @@ from sslnlp.evaluation.loading import (
     random_twin,
 )
 from sslnlp.config import EvaluateConfig, ProbeOptions, TaskConfig, build
+from sslnlp.evaluation.curves import curve_sizes, run_curve, tfidf_score
 from sslnlp.evaluation.features import task_features
 from sslnlp.evaluation.metrics import compute_metrics
 from sslnlp.evaluation.results import record_results
@@ -207,11 +208,20 @@ def probe_model(model, tokenizer, task, options: ProbeOptions | None = None, max
         "knn": {"k", "validation", "test", "grid"}, "geometry": {"alignment", "uniformity", "examples"},
         "seconds"}``; ``result["test"][result["metric"]]`` is the headline score.
     """
-    from sslnlp.models.modeling import usable_positions
-
     start = time.perf_counter()
     options = options or ProbeOptions()
     task = _as_loaded_task(task)
+    features = model_features(model, tokenizer, task, options, max_seq_length, accelerator, features_path)
+    return probe_features(features, task, options) | {"seconds": time.perf_counter() - start}
+
+
+def model_features(model, tokenizer, task: LabelledTask, options: ProbeOptions, max_seq_length: int = 128,
+                   accelerator=None, features_path: str | Path | None = None) -> dict[str, torch.Tensor]:
+    """The frozen features of every split of ``task`` (``{split: [N, H]}``, or ``[N, layers + 1, H]`` with
+    ``options.select_layer``), read from ``features_path`` when every process has it, else extracted (and saved
+    there). Arguments as for ``probe_model``."""
+    from sslnlp.models.modeling import usable_positions
+
     encoder = getattr(model, "base_model", model)
     length = task.max_seq_length or max_seq_length
     positions = usable_positions(model.config)
@@ -231,14 +241,35 @@ def probe_model(model, tokenizer, task, options: ProbeOptions | None = None, max
             Path(features_path).parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(features_path, per_process=True) as temporary:
                 torch.save(features, temporary)
+    return features
+
+
+def probe_features(features: dict[str, torch.Tensor], task: LabelledTask, options: ProbeOptions) -> dict:
+    """The probe (of the layer best on validation with ``options.select_layer``) and the embedding-space scores of
+    the probed layer; ``result["features"]`` is not included (see ``probed_layer``)."""
     if options.select_layer:
         result = select_layer(features, task, options)
-        features = {split: values[:, result["layer"]] for split, values in features.items()}
     else:
         result = linear_probe(features, task, options)
-    result |= embedding_scores(features, task)  # of the probed (or chosen) layer
-    result["seconds"] = time.perf_counter() - start
-    return result
+    return result | embedding_scores(probed_layer(features, result), task)
+
+
+def probed_layer(features: dict[str, torch.Tensor], result: dict) -> dict[str, torch.Tensor]:
+    """The features of the layer a probe result used (all of them when there was no layer to choose)."""
+    if "layer" not in result:
+        return features
+    return {split: values[:, result["layer"]] for split, values in features.items()}
+
+
+def probe_curve(features: dict[str, torch.Tensor], task: LabelledTask, options: ProbeOptions, sizes: list,
+                seeds: list[int]) -> list[dict]:
+    """The learning curve of the probe: refitted (L2 chosen on the whole validation split) on each stratified subset
+    of the train split's features."""
+    def score(subset, indices, seed):
+        rows = torch.tensor(indices)
+        return linear_probe({**features, "train": features["train"][rows]}, subset, options)["test"]
+
+    return run_curve(task, sizes, seeds, score)
 
 
 # -------------------------------------------------------------------------------------------------- a checkpoint
@@ -282,22 +313,34 @@ def probe(config: EvaluateConfig) -> dict:
     rows = {}
     for task_config in task_configs:
         task = load_task(task_config)
+        curve_sizes(config.train_sizes, task)  # a size the task cannot give is refused before any work
         length = task.max_seq_length or config.max_seq_length
         accelerator.print(f"probe {task.name}: {len(task.train)} train / {len(task.validation)} validation / "
                           f"{len(task.test)} {task.report_split} examples, {config.probe.pooling} pooling")
         row = {"metrics": task.metrics, "split": task.report_split, "problem_type": task.problem_type,
                "fingerprint": task.fingerprint()}
+        curves = {}
         for key, model, weights in (("probe", encoder, "pretrained"), ("random_probe", twin, f"random-seed{config.seed}")):
             if model is None:
                 continue
+            start = time.perf_counter()
             path = _features_path(config, task, weights, length, tokenizer)
-            row[key] = {**probe_model(model, tokenizer, task, config.probe, length, accelerator, path),
+            features = model_features(model, tokenizer, task, config.probe, length, accelerator, path)
+            row[key] = {**probe_features(features, task, config.probe), "seconds": time.perf_counter() - start,
                         "world_size": accelerator.num_processes}
+            if config.train_sizes:
+                curves[key] = probe_curve(probed_layer(features, row[key]), task, config.probe, config.train_sizes,
+                                          config.curve_seeds)
             layer = f"layer {row[key]['layer']} chosen on validation, " if "layer" in row[key] else ""
             metric, knn, shape = row[key]["metric"], row[key]["knn"], row[key]["geometry"]
             accelerator.print(f"  {weights}: {metric} {row[key]['test'][metric]:.4f} on {task.report_split} ({layer}"
                               f"l2={row[key]['l2']:g}, {row[key]['seconds']:.1f} s); kNN {knn['test'][metric]:.4f} "
                               f"(k={knn['k']}); uniformity {shape['uniformity']:.3f}"
                               + (f", alignment {shape['alignment']:.3f}" if shape["alignment"] is not None else ""))
+        if config.train_sizes and config.tfidf_baseline:
+            curves["tfidf"] = run_curve(task, config.train_sizes, config.curve_seeds,
+                                        lambda subset, indices, seed: tfidf_score(subset)["test"])
+        if curves:
+            row["curves"] = curves
         rows[task.name] = row
     return record_results(config, accelerator, rows)

@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sslnlp.files import write_text_atomic
 from sslnlp.config import EvaluateConfig, to_dict
+from sslnlp.files import write_text_atomic
 
+CURVE_SERIES = {"probe": "probe", "random_probe": "random-weights probe", "tfidf": "TF-IDF + LR",
+                "finetune": "fine-tune", "random_finetune": "random-weights fine-tune"}
 
 
 def update_results(output_dir: str | Path, model_name_or_path: str, rows: dict) -> dict:
@@ -35,7 +37,10 @@ def update_results(output_dir: str | Path, model_name_or_path: str, rows: dict) 
         merged = results["tasks"].get(name, {})
         if merged.get("fingerprint") != row["fingerprint"]:
             merged = {}  # the task's data changed: its old numbers do not belong next to the new ones
+        curves = {**merged.get("curves", {}), **row.get("curves", {})}  # a probe and a fine-tune run fill one curve
         merged.update(row)
+        if curves:
+            merged["curves"] = curves
         results["tasks"][name] = merged
     return results
 
@@ -86,11 +91,37 @@ def results_markdown(results: dict, references: dict | None = None) -> str:
                     value = row.get(key, {}).get("geometry", {}).get(measure)
                     cells.append("–" if value is None else f"{value:.3f}")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += curve_markdown(results)
     for task, known in (references or {}).items():
         lines.append("")
         lines.append(f"Known references for {task}: " + "; ".join(f"{label} {percent(score)}"
                                                                    for label, score in known.items()))
     return "\n".join(lines) + "\n"
+
+
+def curve_markdown(results: dict) -> list[str]:
+    """The learning curves: per task, one row per training-set size, median (min-max) over seeds of each series."""
+    lines = []
+    for name, row in results["tasks"].items():
+        curves = row.get("curves") or {}
+        if not curves:
+            continue
+        metric = row["metrics"][0]
+        series = [key for key in CURVE_SERIES if key in curves]
+        sizes = sorted({point["size"] for key in series for point in curves[key]})
+        seeds = sorted({seed for key in series for point in curves[key] for seed in point["seeds"]})
+        lines += ["", f"Learning curve of {name} ({metric} x 100 on {row['split']}; median (min-max) over seeds "
+                      f"{seeds}, each a stratified subset of the train split)", "",
+                  "| train examples | " + " | ".join(CURVE_SERIES[key] for key in series) + " |",
+                  "|---:|" + "---:|" * len(series)]
+        for size in sizes:
+            cells = []
+            for key in series:
+                point = next((p for p in curves[key] if p["size"] == size), None)
+                cells.append("–" if point is None else f"{percent(point['median'][metric])} "
+                                                       f"({percent(point['min'][metric])}-{percent(point['max'][metric])})")
+            lines.append(f"| {size:,} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def write_results(output_dir: str | Path, results: dict) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from sslnlp.evaluation.results import percent
+from sslnlp.evaluation.results import CURVE_SERIES, percent
 
 #: Keys of a training-window record that have charts of their own (the rest are the objective's metrics).
 CORE_KEYS = {"step", "loss", "learning_rate", "tokens", "tokens_per_second", "model_flops_utilization",
@@ -94,10 +94,11 @@ def read_run(run_dir: str | Path, label: str | None = None, results: list[str | 
     """Read a run directory (metrics.jsonl is required; summary.json, config.yaml and results.json are optional)."""
     run_dir = Path(run_dir)
     metrics = run_dir / "metrics.jsonl"
-    if not metrics.is_file():
-        raise ReportError(f"{run_dir}: no metrics.jsonl; give the output_dir of an sslnlp pretrain run")
+    if not metrics.is_file() and not (run_dir / "results.json").is_file():
+        raise ReportError(f"{run_dir}: no metrics.jsonl and no results.json; give the output_dir of an sslnlp "
+                          "pretrain, probe or finetune run")
     train, evaluations, probes = [], [], []
-    lines = metrics.read_text().splitlines()
+    lines = metrics.read_text().splitlines() if metrics.is_file() else []  # an evaluation's directory: results only
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -221,11 +222,15 @@ def _figure(chart: str, runs: list[RunRecords], runs_series: list[dict], colours
     for index, names in enumerate(panels):
         axis = axes[index // columns][index % columns]
         for run, series, colour in zip(runs, runs_series, colours):
-            for name in names:
+            for position, name in enumerate(names):
                 points = series[chart].get(name) or []
                 if not points:
                     continue
                 style = styles.get(name, dict(marker="o", markersize=4) if chart == "scores" or len(points) < 3 else {})
+                if len(runs) == 1 and len(names) > 1:  # one run, several series: a colour per series
+                    colour = plt.get_cmap("tab10")(position % 10)
+                elif len(names) > 1:  # several runs: a colour per run, a line style per series
+                    style = {**style, "linestyle": LINE_STYLES[position % len(LINE_STYLES)]}
                 label = run.label if len(names) == 1 else f"{run.label}: {name}"
                 axis.plot([p[0] for p in points], [p[1] for p in points], color=colour, label=label, linewidth=1.4,
                           **style)
@@ -239,6 +244,56 @@ def _figure(chart: str, runs: list[RunRecords], runs_series: list[dict], colours
     for index in range(len(panels), rows * columns):
         axes[index // columns][index % columns].axis("off")
     figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+LINE_STYLES = ("-", "--", ":", "-.")
+
+
+def curve_series(run: RunRecords) -> dict[str, dict[str, list]]:
+    """{task: {series: [[size, median, min, max], ...]}} of the learning curves in the run's results (first metric)."""
+    curves = {}
+    for task, row in ((run.results or {}).get("tasks") or {}).items():
+        metric = row["metrics"][0]
+        for key, points in (row.get("curves") or {}).items():
+            curves.setdefault(f"{task} ({metric}, {row['split']})", {})[CURVE_SERIES.get(key, key)] = [
+                [p["size"], p["median"][metric], p["min"][metric], p["max"][metric]] for p in points]
+    return curves
+
+
+def _curve_figure(runs: list[RunRecords], runs_curves: list[dict]):
+    """Learning curves: a panel per task, x the training examples (log scale), one line per model and baseline in
+    its own colour (several runs: a line style per run), the seeds' min-max shaded."""
+    import matplotlib.pyplot as plt
+
+    panels = list(dict.fromkeys(task for curves in runs_curves for task in curves))
+    if not panels:
+        return None
+    palette = plt.get_cmap("tab10")
+    names = list(CURVE_SERIES.values())
+    columns = min(len(panels), 2)
+    rows = math.ceil(len(panels) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(6.2 * columns, 4.2 * rows), squeeze=False)
+    for index, task in enumerate(panels):
+        axis = axes[index // columns][index % columns]
+        for number, (run, curves) in enumerate(zip(runs, runs_curves)):
+            for name, points in (curves.get(task) or {}).items():
+                colour = palette(names.index(name) % 10 if name in names else 9)
+                sizes = [p[0] for p in points]
+                label = name if len(runs) == 1 else f"{run.label}: {name}"
+                axis.plot(sizes, [p[1] for p in points], color=colour, marker="o", markersize=4, linewidth=1.4,
+                          linestyle=LINE_STYLES[number % len(LINE_STYLES)], label=label)
+                axis.fill_between(sizes, [p[2] for p in points], [p[3] for p in points], color=colour, alpha=0.15)
+        axis.set_xscale("log")
+        axis.set_xlabel("labelled training examples")
+        axis.set_ylabel("score (median over seeds; min-max shaded)")
+        axis.set_title(task, fontsize=10)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    for index in range(len(panels), rows * columns):
+        axes[index // columns][index % columns].axis("off")
+    figure.suptitle("Learning curves")
     figure.tight_layout()
     return figure
 
@@ -393,11 +448,21 @@ def write_report(run_dirs: list[str | Path], output_dir: str | Path | None = Non
         encoded = base64.b64encode(buffer.getvalue()).decode()
         figures_html.append(f'<figure id="{chart}"><img alt="{html.escape(CHARTS[chart][0])}" '
                             f'src="data:image/png;base64,{encoded}"></figure>')
+    runs_curves = [curve_series(run) for run in runs]
+    figure = _curve_figure(runs, runs_curves)
+    if figure is not None:
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=110)
+        plt.close(figure)
+        (output / "learning_curves.png").write_bytes(buffer.getvalue())
+        encoded = base64.b64encode(buffer.getvalue()).decode()
+        figures_html.append(f'<figure id="learning_curves"><img alt="Learning curves" '
+                            f'src="data:image/png;base64,{encoded}"></figure>')
     rows = summary_rows(runs)
     (output / "report.json").write_text(json.dumps(
         {"runs": [{"label": r.label, "path": str(r.path), "resumes": r.resumes} for r in runs], "summary": rows,
-         "charts": {chart: {run.label: series[chart] for run, series in zip(runs, runs_series)} for chart in CHARTS}},
-        indent=1))
+         "charts": {chart: {run.label: series[chart] for run, series in zip(runs, runs_series)} for chart in CHARTS},
+         "curves": {run.label: curves for run, curves in zip(runs, runs_curves)}}, indent=1))
     page = output / "index.html"
     page.write_text(PAGE.format(
         title=html.escape(title or ("Run " + runs[0].label if len(runs) == 1 else f"{len(runs)} runs")),
