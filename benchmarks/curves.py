@@ -59,7 +59,8 @@ def sslnlp(*arguments: str) -> None:
 
 def pretrain(output: Path, budget: int) -> Path:
     model = output / "cram"
-    sslnlp("pretrain", "recipes/cram-cpu.yaml", *LOCAL_DATA, f"training.max_time={budget}", "--output-dir", str(model),
+    sslnlp("pretrain", "recipes/cram-cpu.yaml", *LOCAL_DATA, f"training.max_time={budget}", "evaluation.probe_task={}",
+           "--output-dir", str(model),
            "--quiet")
     return model
 

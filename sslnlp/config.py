@@ -587,6 +587,9 @@ class TaskConfig:
     test_split: str | None = option(None, "Hub split to report (None: split_ratio of train).")
     text_field: str = option("text", "Column holding the text.")
     text_pair_field: str | None = option(None, "Column holding the second text of sentence-pair tasks.")
+    kind: str = option("sequence", "'sequence': one label per text (or pair); 'token': one label per word, the "
+                                   "text column holding the list of words and the label column the list of tags "
+                                   "(CoNLL-2003's tokens / ner_tags; BIO tags are scored by entity F1).")
     label_field: str = option("label", "Column holding the label: class names or integers; numbers for regression.")
     label_names: Any = option(None, "Class names in id order (a list, or a path to a JSON list); default: the "
                                     "sorted distinct labels of the training split (integer labels keep their ids).")

@@ -138,6 +138,8 @@ def labelled(tmp_path, rows) -> str:
 
 
 GOOD_ROWS = [{"text": f"sentence number {i}", "label": ["a", "b"][i % 2]} for i in range(40)]
+TAGGED_ROWS = "".join(json.dumps({"tokens": ["a", "b", "c"], "tags": ["O", "B-X", "I-X"][: 2 if i == 2 else 3]}) + "\n"
+                      for i in range(40))
 
 EVALUATION_CASES = {
     "not a model": (lambda t, w: [f"model_name_or_path={not_a_model(t)}", f"tasks=[{{train_file: {labelled(t, GOOD_ROWS)}}}]"],
@@ -154,6 +156,10 @@ EVALUATION_CASES = {
                                          "train_sizes: 500 is larger than task 'task''s train split (32 examples)"),
     "curve size below the classes": (lambda t, w: [f"tasks=[{{train_file: {labelled(t, GOOD_ROWS)}}}]", "train_sizes=[1]"],
                                      "train_sizes: 1 is smaller than task 'task''s 2 classes"),
+    "token task with uneven words and tags": (
+        lambda t, w: [f"tasks=[{{train_file: {write(t, 'tags.jsonl', TAGGED_ROWS)}, text_field: tokens, "
+                      "label_field: tags, kind: token}]"],
+        "tags.jsonl:3: 3 words but 2 tags; a token task needs one tag per word"),
     "curve size not a number": (lambda t, w: [f"tasks=[{{train_file: {labelled(t, GOOD_ROWS)}}}]", "train_sizes=[few]"],
                                 "train_sizes=['few'] must list positive integers or 'all'"),
 }

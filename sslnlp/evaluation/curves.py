@@ -42,7 +42,7 @@ def curve_sizes(sizes: list, task: LabelledTask) -> list[int]:
         if size > available:
             raise TaskError(f"train_sizes: {size} is larger than task {task.name!r}'s train split ({available} "
                             "examples); use a smaller size or 'all'")
-        if task.problem_type != "regression" and size < task.num_labels:
+        if task.stratified and size < task.num_labels:
             raise TaskError(f"train_sizes: {size} is smaller than task {task.name!r}'s {task.num_labels} classes; a "
                             "stratified subset needs at least one example of each")
         resolved.append(size)
@@ -76,7 +76,7 @@ def stratified_order(labels: list, seed: int, classification: bool = True) -> li
 
 def subset_indices(task: LabelledTask, size: int, seed: int) -> list[int]:
     """The ``size`` training examples of ``seed``'s stratified order, in the split's order."""
-    order = stratified_order([e.label for e in task.train], seed, task.problem_type != "regression")
+    order = stratified_order([e.label for e in task.train], seed, task.stratified)
     return sorted(order[:size])
 
 
@@ -112,7 +112,7 @@ def run_curve(task: LabelledTask, sizes: list, seeds: list[int], score) -> list[
 # ------------------------------------------------------------------------------------------ the TF-IDF baseline
 
 
-def tfidf_score(task: LabelledTask) -> dict:
+def tfidf_score(task: LabelledTask) -> dict:  # sentence tasks (a token task's words have no document to weigh)
     """TF-IDF of word 1-2-grams (fitted on the train split) + logistic regression (ridge for regression), the
     strength chosen on validation; returns ``{"C" or "alpha", "validation", "test"}`` ({metric: value})."""
     try:

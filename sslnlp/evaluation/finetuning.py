@@ -54,17 +54,18 @@ def classifier_config(model_config, task: LabelledTask, options: FinetuneOptions
     return head_config
 
 
-def load_classifier(config: EvaluateConfig, head_config, seed: int, random_weights: bool):
-    """The checkpoint under a new classification head, or (``random_weights``) the architecture with random weights;
-    ``seed`` is set first (the head's initialisation, then dropout)."""
+def load_classifier(config: EvaluateConfig, head_config, seed: int, random_weights: bool, token_level: bool = False):
+    """The checkpoint under a new classification head (a tag per token for ``token_level``), or (``random_weights``)
+    the architecture with random weights; ``seed`` is set first (the head's initialisation, then dropout)."""
     from accelerate.utils import set_seed
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
     set_seed(seed)
+    auto_class = AutoModelForTokenClassification if token_level else AutoModelForSequenceClassification
     if random_weights:
-        return AutoModelForSequenceClassification.from_config(head_config, trust_remote_code=config.trust_remote_code)
+        return auto_class.from_config(head_config, trust_remote_code=config.trust_remote_code)
     with QuietLoading():  # the classification head is new (and any LM head unused): expected
-        return AutoModelForSequenceClassification.from_pretrained(
+        return auto_class.from_pretrained(
             config.model_name_or_path, config=head_config, ignore_mismatched_sizes=True,
             trust_remote_code=config.trust_remote_code)
 
@@ -83,17 +84,26 @@ def split_loader(columns: dict[str, list], head_config, options: FinetuneOptions
 
 
 @torch.no_grad()
-def predict(model, loader, accelerator, regression: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(predictions [N], labels [N]) over a prepared loader, gathered from every process (duplicates dropped)."""
+def predict(model, loader, accelerator, regression: bool) -> tuple:
+    """(predictions [N], labels [N]) over a prepared loader, gathered from every process (duplicates dropped); a token
+    task's: (predicted tags, gold tags) per sentence, at the positions that carry a word's tag."""
     model.eval()
     predictions, labels = [], []
     for batch in loader:
-        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits  # [B, C]
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits  # [B, C] or [B, L, C]
         predicted = logits.squeeze(-1).float() if regression else logits.argmax(-1)
-        predicted, gold = accelerator.gather_for_metrics((predicted, batch["labels"]))
+        gold = batch["labels"]
+        if gold.dim() == 2:  # tags per token: pad to one length across processes before gathering
+            predicted = accelerator.pad_across_processes(predicted, dim=1, pad_index=-100)
+            gold = accelerator.pad_across_processes(gold, dim=1, pad_index=-100)
+        predicted, gold = accelerator.gather_for_metrics((predicted, gold))
         predictions.append(predicted.cpu())
         labels.append(gold.cpu())
     model.train()
+    if labels and labels[0].dim() == 2:
+        sentences = [(row_p[row_g != -100].tolist(), row_g[row_g != -100].tolist())
+                     for batch_p, batch_g in zip(predictions, labels) for row_p, row_g in zip(batch_p, batch_g)]
+        return [p for p, _ in sentences], [g for _, g in sentences]
     return torch.cat(predictions), torch.cat(labels)
 
 
@@ -122,7 +132,7 @@ def finetune_once(task: LabelledTask, tokenizer, config: EvaluateConfig, model_c
     start = time.perf_counter()
     regression = task.problem_type == "regression"
     head_config = classifier_config(model_config, task, options, tokenizer)
-    model = load_classifier(config, head_config, seed, random_weights)
+    model = load_classifier(config, head_config, seed, random_weights, task.is_token_level)
 
     length = task.max_seq_length or config.max_seq_length
     positions = usable_positions(head_config)
@@ -158,19 +168,21 @@ def finetune_once(task: LabelledTask, tokenizer, config: EvaluateConfig, model_c
             step += 1
             if step not in checkpoints:
                 continue
-            validation = compute_metrics(task.metrics, *predict(model, validation_loader, accelerator, regression))
+            validation = compute_metrics(task.metrics, *predict(model, validation_loader, accelerator, regression),
+                                         label_names=task.label_names)
             train_loss = accelerator.reduce(torch.stack(losses).mean(), "mean").item()
             history.append({"epoch": epoch, "step": step, "train_loss": train_loss, **validation})
             losses = []
             if metrics_log is not None:
                 metrics_log.write({"task": task.name, "seed": seed, "random_weights": random_weights, **history[-1]})
             if options.early_stopping and (best is None or validation[task.metrics[0]] > best[0]):
-                best = (validation[task.metrics[0]], step,
-                        compute_metrics(task.metrics, *predict(model, test_loader, accelerator, regression)))
+                best = (validation[task.metrics[0]], step, compute_metrics(
+                    task.metrics, *predict(model, test_loader, accelerator, regression), label_names=task.label_names))
     if best is not None:
         test_step, test = best[1], best[2]
     else:
-        test_step, test = step, compute_metrics(task.metrics, *predict(model, test_loader, accelerator, regression))
+        test_step, test = step, compute_metrics(task.metrics, *predict(model, test_loader, accelerator, regression),
+                                                label_names=task.label_names)
     if save_dir is not None:
         export_model(accelerator, model, tokenizer, save_dir)
     del model, optimizer
@@ -240,7 +252,7 @@ def finetune(config: EvaluateConfig) -> dict:
                           f"{len(task.test)} {task.report_split} examples, seeds {seeds}"
                           + (f", learning curve at {sizes} x seeds {config.curve_seeds}" if sizes else ""))
         row = {"metrics": task.metrics, "split": task.report_split, "problem_type": task.problem_type,
-               "fingerprint": task.fingerprint()}
+               "kind": task.kind, "fingerprint": task.fingerprint()}
         curves = {}
         for key, random_weights in (("finetune", False), ("random_finetune", True)):
             if random_weights and not config.random_baseline:
@@ -271,7 +283,7 @@ def finetune(config: EvaluateConfig) -> dict:
                     return result["test"]
 
                 curves[key] = run_curve(task, config.train_sizes, config.curve_seeds, score)
-        if config.train_sizes and config.tfidf_baseline:
+        if config.train_sizes and config.tfidf_baseline and not task.is_token_level:
             curves["tfidf"] = run_curve(task, config.train_sizes, config.curve_seeds,
                                         lambda subset, indices, seed: tfidf_score(subset)["test"])
         if curves:

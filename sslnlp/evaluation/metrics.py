@@ -83,10 +83,30 @@ def spearman(predictions, labels) -> float:
     return pearson(average_ranks(predictions), average_ranks(labels))
 
 
+def entity_f1(predictions: list[list[int]], labels: list[list[int]], label_names: list[str]) -> float:
+    """Micro F1 over whole entities of BIO-tagged sentences (seqeval's default: an entity counts when its type and
+    both ends are right), each sentence a list of tag ids; 0 when no entity is predicted nor present."""
+    try:
+        from seqeval.metrics import f1_score
+    except ImportError:
+        raise ImportError('entity F1 of BIO-tagged tasks is computed by seqeval: pip install "sslnlp[tokens]"') from None
+    names = [[label_names[i] for i in sentence] for sentence in labels]
+    guesses = [[label_names[i] for i in sentence] for sentence in predictions]
+    return float(f1_score(names, guesses, zero_division=0))
+
+
 METRIC_FUNCTIONS = {"accuracy": accuracy, "f1": f1, "macro_f1": macro_f1, "matthews_correlation": matthews_correlation,
                     "pearson": pearson, "spearman": spearman}
 
 
-def compute_metrics(names: list[str], predictions, labels) -> dict[str, float]:
-    """``{name: value}`` for each metric name (see METRIC_FUNCTIONS)."""
+def compute_metrics(names: list[str], predictions, labels, label_names: list[str] | None = None) -> dict[str, float]:
+    """``{name: value}`` for each metric name (see METRIC_FUNCTIONS, and ``entity_f1``).
+
+    Token tasks give ``predictions`` and ``labels`` as lists of sentences (lists of tag ids): entity F1 reads them
+    whole (with ``label_names``); the other metrics score every word."""
+    if isinstance(predictions, list) and predictions and isinstance(predictions[0], (list, tuple)):
+        flat_predictions = [tag for sentence in predictions for tag in sentence]
+        flat_labels = [tag for sentence in labels for tag in sentence]
+        return {name: entity_f1(predictions, labels, label_names) if name == "entity_f1"
+                else METRIC_FUNCTIONS[name](flat_predictions, flat_labels) for name in names}
     return {name: METRIC_FUNCTIONS[name](predictions, labels) for name in names}

@@ -85,16 +85,29 @@ def fit_ridge_regression(features: torch.Tensor, targets: torch.Tensor, l2: floa
 
 
 def task_labels(task: LabelledTask, splits) -> dict[str, torch.Tensor]:
-    """The labels of each split (class ids, or floats for regression)."""
+    """The labels of each split (class ids, or floats for regression; a token task: its kept words' tags)."""
+    if task.is_token_level:
+        return {split: task.targets[split]["labels"] for split in splits}
     dtype = torch.float32 if task.problem_type == "regression" else torch.long
     return {split: torch.tensor([e.label for e in getattr(task, split)], dtype=dtype) for split in splits}
 
 
+def split_metrics(task: LabelledTask, split: str, predictions: torch.Tensor, labels: torch.Tensor) -> dict:
+    """The task's metrics on one split's predictions (a token task: cut back into sentences for entity F1)."""
+    if not task.is_token_level:
+        return compute_metrics(task.metrics, predictions, labels)
+    lengths = task.targets[split]["lengths"].tolist()
+    return compute_metrics(task.metrics, [part.tolist() for part in predictions.split(lengths)],
+                           [part.tolist() for part in labels.split(lengths)], label_names=task.label_names)
+
+
 def embedding_scores(features: dict[str, torch.Tensor], task: LabelledTask) -> dict:
     """What the embedding space shows without a fitted probe (geometry.py): the kNN score (k chosen on validation)
-    and alignment / uniformity of the reported split."""
+    and alignment / uniformity of the reported split (sentence tasks only: a word is no sentence embedding)."""
     from sslnlp.evaluation.geometry import geometry, knn_score
 
+    if task.is_token_level:
+        return {}
     labels = task_labels(task, features)
     classification = task.problem_type != "regression"
     return {"knn": knn_score(features, labels, task.metrics, task.num_labels if classification else None),
@@ -129,13 +142,13 @@ def linear_probe(features: dict[str, torch.Tensor], task: LabelledTask, options:
         else:
             parameters = fit_logistic_regression(standardized["train"], labels["train"], task.num_labels, l2,
                                                  options.max_iterations, parameters)
-        validation = compute_metrics(task.metrics, predict(parameters, "validation"), labels["validation"])
+        validation = split_metrics(task, "validation", predict(parameters, "validation"), labels["validation"])
         grid.append({"l2": l2, metric: validation[metric]})
         if best is None or validation[metric] > best[1][metric]:  # ties keep the stronger regularisation
             best = (l2, validation, parameters)
     l2, validation, parameters = best
-    test = compute_metrics(task.metrics, predict(parameters, "test"), labels["test"])
-    train = compute_metrics(task.metrics, predict(parameters, "train"), labels["train"])
+    test = split_metrics(task, "test", predict(parameters, "test"), labels["test"])
+    train = split_metrics(task, "train", predict(parameters, "train"), labels["train"])
     return {"metric": metric, "split": task.report_split, "l2": l2, "train": train, "validation": validation,
             "test": test, "grid": grid, "feature_size": int(features["train"].shape[1])}
 
@@ -241,6 +254,9 @@ def model_features(model, tokenizer, task: LabelledTask, options: ProbeOptions, 
             Path(features_path).parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(features_path, per_process=True) as temporary:
                 torch.save(features, temporary)
+    for key in [key for key in features if ":" in key]:  # a token task's word targets travel with its features
+        name, split = key.split(":")
+        task.targets.setdefault(split, {})[name] = features.pop(key)
     return features
 
 
@@ -267,6 +283,12 @@ def probe_curve(features: dict[str, torch.Tensor], task: LabelledTask, options: 
     of the train split's features."""
     def score(subset, indices, seed):
         rows = torch.tensor(indices)
+        if task.is_token_level:  # the subset's sentences' words
+            lengths = task.targets["train"]["lengths"]
+            starts = torch.cumsum(lengths, 0) - lengths
+            rows = torch.cat([torch.arange(starts[i], starts[i] + lengths[i]) for i in indices])
+            subset.targets = {**task.targets, "train": {"labels": task.targets["train"]["labels"][rows],
+                                                        "lengths": lengths[torch.tensor(indices)]}}
         return linear_probe({**features, "train": features["train"][rows]}, subset, options)["test"]
 
     return run_curve(task, sizes, seeds, score)
@@ -318,7 +340,7 @@ def probe(config: EvaluateConfig) -> dict:
         accelerator.print(f"probe {task.name}: {len(task.train)} train / {len(task.validation)} validation / "
                           f"{len(task.test)} {task.report_split} examples, {config.probe.pooling} pooling")
         row = {"metrics": task.metrics, "split": task.report_split, "problem_type": task.problem_type,
-               "fingerprint": task.fingerprint()}
+               "kind": task.kind, "fingerprint": task.fingerprint()}
         curves = {}
         for key, model, weights in (("probe", encoder, "pretrained"), ("random_probe", twin, f"random-seed{config.seed}")):
             if model is None:
@@ -332,12 +354,14 @@ def probe(config: EvaluateConfig) -> dict:
                 curves[key] = probe_curve(probed_layer(features, row[key]), task, config.probe, config.train_sizes,
                                           config.curve_seeds)
             layer = f"layer {row[key]['layer']} chosen on validation, " if "layer" in row[key] else ""
-            metric, knn, shape = row[key]["metric"], row[key]["knn"], row[key]["geometry"]
+            metric, knn, shape = row[key]["metric"], row[key].get("knn"), row[key].get("geometry")
             accelerator.print(f"  {weights}: {metric} {row[key]['test'][metric]:.4f} on {task.report_split} ({layer}"
-                              f"l2={row[key]['l2']:g}, {row[key]['seconds']:.1f} s); kNN {knn['test'][metric]:.4f} "
-                              f"(k={knn['k']}); uniformity {shape['uniformity']:.3f}"
-                              + (f", alignment {shape['alignment']:.3f}" if shape["alignment"] is not None else ""))
-        if config.train_sizes and config.tfidf_baseline:
+                              f"l2={row[key]['l2']:g}, {row[key]['seconds']:.1f} s)"
+                              + (f"; kNN {knn['test'][metric]:.4f} (k={knn['k']}); uniformity "
+                                 f"{shape['uniformity']:.3f}" if knn else "")
+                              + (f", alignment {shape['alignment']:.3f}" if shape and shape["alignment"] is not None
+                                 else ""))
+        if config.train_sizes and config.tfidf_baseline and not task.is_token_level:
             curves["tfidf"] = run_curve(task, config.train_sizes, config.curve_seeds,
                                         lambda subset, indices, seed: tfidf_score(subset)["test"])
         if curves:

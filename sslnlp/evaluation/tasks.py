@@ -6,8 +6,9 @@
     task = load_task(TaskConfig(name="rte"))          # GLUE: nyu-mll/glue, its columns, labels and metrics
     text, text_pair, label = task.train[0]            # label: a class id (int) or a number (regression)
 
-Every example becomes ``Example(text, text_pair or None, label)``. Labels are mapped to ids here, once: class names
-through ``label_names`` (given, or the sorted names seen in training), integers as they are. A bad record stops the
+Every example becomes ``Example(text, text_pair or None, label)``; in a token task (``kind: token``) ``text`` is the
+tuple of words and ``label`` the tuple of their tag ids. Labels are mapped to ids here, once: class names through
+``label_names`` (given, or the sorted names seen in training), integers as they are. A bad record stops the
 load with one line naming the file, the line (or row) and what to change.
 """
 
@@ -26,7 +27,8 @@ from typing import Any, NamedTuple
 from sslnlp.config import TaskConfig
 
 PROBLEM_TYPES = ("classification", "regression")
-METRICS = ("accuracy", "f1", "macro_f1", "matthews_correlation", "pearson", "spearman")
+KINDS = ("sequence", "token")
+METRICS = ("accuracy", "f1", "macro_f1", "matthews_correlation", "pearson", "spearman", "entity_f1")
 
 
 class TaskError(ValueError):
@@ -34,9 +36,9 @@ class TaskError(ValueError):
 
 
 class Example(NamedTuple):
-    text: str
+    text: str | tuple[str, ...]  # a token task: the words
     text_pair: str | None
-    label: int | float
+    label: int | float | tuple[int, ...]  # a token task: a tag id per word
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,10 @@ class LabelledTask:
     metrics: list[str]  # the first selects (probe regularisation) and heads the table
     report_split: str  # which split ``test`` is, in words, for the results table
     max_seq_length: int | None = None
+    kind: str = "sequence"  # or "token": a label per word
     cache: dict = field(default_factory=dict, repr=False, compare=False)  # tokenized splits, by tokenizer
+    # a token task's kept words, per split: {"labels": [W], "lengths": [N]} (aligned with its word features)
+    targets: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def num_labels(self) -> int:
@@ -88,6 +93,15 @@ class LabelledTask:
     @property
     def is_pair(self) -> bool:
         return any(example.text_pair is not None for example in self.train[:100])
+
+    @property
+    def is_token_level(self) -> bool:
+        return self.kind == "token"
+
+    @property
+    def stratified(self) -> bool:
+        """Subsets keep the class shares (sequence classification); others are seeded samples."""
+        return self.kind == "sequence" and self.problem_type == "classification"
 
     def fingerprint(self) -> str:
         """A short hash of the examples and labels: cache keys change when the data does."""
@@ -192,6 +206,7 @@ def _hub_records(task: TaskConfig, split: str, columns: dict[str, str]) -> tuple
                         "cache") from None
     _check_columns(f"dataset {task.dataset_name} ({split})", columns, list(dataset.column_names))
     feature = dataset.features.get(task.label_field)
+    feature = getattr(feature, "feature", feature)  # a sequence of tags: its items' ClassLabel
     names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
     rows = dataset.select_columns(list(columns)).to_list()
     return [(f"dataset {task.dataset_name} ({split}): row {index + 1}", row) for index, row in enumerate(rows)], names
@@ -354,6 +369,11 @@ def load_task(task: TaskConfig) -> LabelledTask:
     if task.problem_type not in PROBLEM_TYPES:
         raise TaskError(f"task {name!r}: problem_type={task.problem_type!r} is not valid; choose one of "
                         f"{', '.join(PROBLEM_TYPES)}")
+    if task.kind not in KINDS:
+        raise TaskError(f"task {name!r}: kind={task.kind!r} is not valid; choose one of {', '.join(KINDS)}")
+    if task.kind == "token" and (task.problem_type != "classification" or task.text_pair_field):
+        raise TaskError(f"task {name!r}: kind=token tags words with classes: set problem_type=classification and no "
+                        "text_pair_field")
     if task.metric is not None and task.metric not in METRICS:
         raise TaskError(f"task {name!r}: metric={task.metric!r} is not valid; choose one of {', '.join(METRICS)}")
     if not 0 < task.split_ratio < 0.5:
@@ -380,11 +400,14 @@ def load_task(task: TaskConfig) -> LabelledTask:
     label_names = _label_names_from(task.label_names)
     if label_names is None and hub_names and task.problem_type == "classification":
         label_names = hub_names
-    mapper = LabelMapper.fit(task.problem_type, task.label_field, label_names, raw_train)
+    mapper = LabelMapper.fit(task.problem_type, task.label_field, label_names,
+                             _tag_records(raw_train, task.label_field) if task.kind == "token" else raw_train)
     if hub_names and task.problem_type == "classification":
         mapper.integer_ids = True  # a ClassLabel column holds ids, even when its names look like numbers ('1'..'5')
 
     def examples(records: list[tuple[str, dict]]) -> list[Example]:
+        if task.kind == "token":
+            return [_token_example(record, where_, task, mapper) for where_, record in records]
         converted = []
         for where_, record in records:
             text = _text(record.get(task.text_field), where_, task.text_field, "text_field")
@@ -393,9 +416,32 @@ def load_task(task: TaskConfig) -> LabelledTask:
             converted.append(Example(text, pair, mapper(record.get(task.label_field), where_)))
         return converted
 
-    train = examples(raw_train)
-    validation = examples(raw_validation) if raw_validation is not None else None
-    test = examples(raw_test) if raw_test is not None else None
+    train, validation, test = held_out_splits(
+        task, name, examples(raw_train), examples(raw_validation) if raw_validation is not None else None,
+        examples(raw_test) if raw_test is not None else None)
+
+    if task.dataset_name:
+        report_split = task.test_split if raw_test is not None else f"{task.split_ratio:.0%} of {task.train_split}"
+    else:
+        report_split = "test" if raw_test is not None else f"test ({task.split_ratio:.0%} of train)"
+    num_labels = 1 if task.problem_type == "regression" else len(mapper.label_names)
+    if task.problem_type == "classification" and num_labels < 2:
+        raise TaskError(f"task {name!r}: the training split has a single class ({mapper.label_names}); "
+                        "classification needs at least two")
+    metrics = default_metrics(task.problem_type, num_labels, task.name)
+    if task.kind == "token":  # BIO tags: entities, scored whole (seqeval); other tags: per word
+        metrics = ["entity_f1", "accuracy"] if is_bio(mapper.label_names) else ["accuracy", "macro_f1"]
+    if task.metric:
+        metrics = [task.metric] + [m for m in metrics if m != task.metric]
+    return LabelledTask(name=name, train=train, validation=validation, test=test, problem_type=task.problem_type,
+                        label_names=mapper.label_names if task.problem_type == "classification" else None,
+                        metrics=metrics, report_split=report_split, max_seq_length=task.max_seq_length, kind=task.kind)
+
+
+def held_out_splits(task: TaskConfig, name: str, train: list[Example], validation: list[Example] | None,
+                    test: list[Example] | None) -> tuple[list[Example], list[Example], list[Example]]:
+    """The three splits: a missing validation or test split is a seeded ``split_ratio`` share of train (disjoint
+    from each other and from what train keeps); then train is cut to ``max_train_examples`` (a seeded sample)."""
     rng = random.Random(task.seed)
     held_out = max(1, round(task.split_ratio * len(train)))
     if validation is None or test is None:
@@ -414,21 +460,31 @@ def load_task(task: TaskConfig) -> LabelledTask:
         train = [example for i, example in enumerate(train) if i in kept]
     if task.max_train_examples and len(train) > task.max_train_examples:
         train = [train[i] for i in sorted(rng.sample(range(len(train)), task.max_train_examples))]
+    return train, validation, test
 
-    if task.dataset_name:
-        report_split = task.test_split if raw_test is not None else f"{task.split_ratio:.0%} of {task.train_split}"
-    else:
-        report_split = "test" if raw_test is not None else f"test ({task.split_ratio:.0%} of train)"
-    num_labels = 1 if task.problem_type == "regression" else len(mapper.label_names)
-    if task.problem_type == "classification" and num_labels < 2:
-        raise TaskError(f"task {name!r}: the training split has a single class ({mapper.label_names}); "
-                        "classification needs at least two")
-    metrics = default_metrics(task.problem_type, num_labels, task.name)
-    if task.metric:
-        metrics = [task.metric] + [m for m in metrics if m != task.metric]
-    return LabelledTask(name=name, train=train, validation=validation, test=test, problem_type=task.problem_type,
-                        label_names=mapper.label_names if task.problem_type == "classification" else None,
-                        metrics=metrics, report_split=report_split, max_seq_length=task.max_seq_length)
+
+def is_bio(label_names: list[str]) -> bool:
+    """Tags in the BIO scheme (O, B-X, I-X; IOB2 as CoNLL-2003 and WNUT-17 give them), with at least one entity."""
+    return any(n.startswith("B-") for n in label_names) and all(n == "O" or n[:2] in ("B-", "I-") for n in label_names)
+
+
+def _tag_records(records: list[tuple[str, dict]], label_field: str) -> list[tuple[str, dict]]:
+    """Every tag of a token task's records as a record of its own (what LabelMapper.fit reads)."""
+    return [(where, {label_field: tag}) for where, record in records
+            for tag in (record.get(label_field) if isinstance(record.get(label_field), (list, tuple)) else [])]
+
+
+def _token_example(record: dict, where: str, task: TaskConfig, mapper: LabelMapper) -> Example:
+    """(words, None, tag ids) of one record of a token task; lists of different lengths are a one-line error."""
+    words, tags = record.get(task.text_field), record.get(task.label_field)
+    if not isinstance(words, (list, tuple)) or not words or not all(isinstance(w, str) and w for w in words):
+        raise TaskError(f"{where}: column {task.text_field!r} must hold a non-empty list of words (kind=token), got "
+                        f"{str(words)[:60]}")
+    if not isinstance(tags, (list, tuple)):
+        raise TaskError(f"{where}: column {task.label_field!r} must hold a list of tags, one per word (kind=token)")
+    if len(tags) != len(words):
+        raise TaskError(f"{where}: {len(words)} words but {len(tags)} tags; a token task needs one tag per word")
+    return Example(tuple(words), None, tuple(mapper(tag, where) for tag in tags))
 
 
 def _text(value: Any, where: str, column: str, setting: str) -> str:

@@ -158,7 +158,8 @@ def evaluation_results(results: dict | None) -> tuple[list[dict], str]:
                 if value is not None:
                     metrics.append({"type": metric, "value": value, "name": f"{label} {metric}"})
             if metrics:
-                entries.append({"task": {"type": "text-classification", "name": label}, "dataset": dataset,
+                kind = "token-classification" if row.get("kind") == "token" else "text-classification"
+                entries.append({"task": {"type": kind, "name": label}, "dataset": dataset,
                                 "metrics": metrics})
     try:
         table = results_markdown(results)
