@@ -112,7 +112,14 @@ def run_curve(task: LabelledTask, sizes: list, seeds: list[int], score) -> list[
 # ------------------------------------------------------------------------------------------ the TF-IDF baseline
 
 
-def tfidf_score(task: LabelledTask) -> dict:  # sentence tasks (a token task's words have no document to weigh)
+def baseline_curves(task: LabelledTask, sizes: list, seeds: list[int]) -> dict[str, list[dict]]:
+    """``{"tfidf": points}`` on the curve's subsets; none for a token task (a word has no document to weigh)."""
+    if task.is_token_level:
+        return {}
+    return {"tfidf": run_curve(task, sizes, seeds, lambda subset, indices, seed: tfidf_score(subset)["test"])}
+
+
+def tfidf_score(task: LabelledTask) -> dict:
     """TF-IDF of word 1-2-grams (fitted on the train split) + logistic regression (ridge for regression), the
     strength chosen on validation; returns ``{"C" or "alpha", "validation", "test"}`` ({metric: value})."""
     try:

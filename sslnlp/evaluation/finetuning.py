@@ -29,7 +29,7 @@ from sslnlp.evaluation.loading import (
     load_model_config,
 )
 from sslnlp.config import EvaluateConfig, FinetuneOptions
-from sslnlp.evaluation.curves import curve_sizes, run_curve, tfidf_score
+from sslnlp.evaluation.curves import baseline_curves, curve_sizes, run_curve
 from sslnlp.evaluation.features import model_columns, pad_batch, pad_token_id_of, tokenized_splits
 from sslnlp.evaluation.metrics import compute_metrics
 from sslnlp.evaluation.results import record_results
@@ -283,9 +283,8 @@ def finetune(config: EvaluateConfig) -> dict:
                     return result["test"]
 
                 curves[key] = run_curve(task, config.train_sizes, config.curve_seeds, score)
-        if config.train_sizes and config.tfidf_baseline and not task.is_token_level:
-            curves["tfidf"] = run_curve(task, config.train_sizes, config.curve_seeds,
-                                        lambda subset, indices, seed: tfidf_score(subset)["test"])
+        if config.train_sizes and config.tfidf_baseline:
+            curves |= baseline_curves(task, config.train_sizes, config.curve_seeds)
         if curves:
             row["curves"] = curves
         rows[task.name] = row

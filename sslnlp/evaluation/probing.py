@@ -38,7 +38,7 @@ from sslnlp.evaluation.loading import (
     random_twin,
 )
 from sslnlp.config import EvaluateConfig, ProbeOptions, TaskConfig, build
-from sslnlp.evaluation.curves import curve_sizes, run_curve, tfidf_score
+from sslnlp.evaluation.curves import baseline_curves, curve_sizes, run_curve
 from sslnlp.evaluation.features import task_features
 from sslnlp.evaluation.metrics import compute_metrics
 from sslnlp.evaluation.results import record_results
@@ -361,9 +361,8 @@ def probe(config: EvaluateConfig) -> dict:
                                  f"{shape['uniformity']:.3f}" if knn else "")
                               + (f", alignment {shape['alignment']:.3f}" if shape and shape["alignment"] is not None
                                  else ""))
-        if config.train_sizes and config.tfidf_baseline and not task.is_token_level:
-            curves["tfidf"] = run_curve(task, config.train_sizes, config.curve_seeds,
-                                        lambda subset, indices, seed: tfidf_score(subset)["test"])
+        if config.train_sizes and config.tfidf_baseline:
+            curves |= baseline_curves(task, config.train_sizes, config.curve_seeds)
         if curves:
             row["curves"] = curves
         rows[task.name] = row
