@@ -7,8 +7,7 @@ import json
 import random
 
 import pytest
-import torch
-from test_evaluate import _task_dict, labelled_sets, one_thread, pretrained  # noqa: F401  (fixtures)
+from test_evaluate import _task_dict, one_thread, pretrained  # noqa: F401  (fixtures)
 
 from sslnlp.cli import main
 from sslnlp.config import FinetuneOptions, TaskConfig

@@ -15,7 +15,6 @@ import itertools
 import logging
 import os
 import sys
-from pathlib import Path
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 

@@ -221,6 +221,56 @@ def summarize_seeds(runs: list[dict], metrics: list[str]) -> dict:
     return summary
 
 
+def finetune_task(task: LabelledTask, config: EvaluateConfig, tokenizer, model_config, accelerator,
+                  metrics_log=None) -> dict:
+    """One task's results row: the checkpoint and its random twin fine-tuned once per seed, and the learning curve
+    when ``train_sizes`` is set (the whole split's runs reused as its point)."""
+    options, output_dir = config.finetune, Path(config.output_dir)
+    sizes = curve_sizes(config.train_sizes, task)  # a size the task cannot give is refused before any work
+    # a learning curve is the evaluation: the whole split is trained on only when it is one of its sizes
+    seeds = options.seeds if not sizes or len(task.train) in sizes else []
+    accelerator.print(f"finetune {task.name}: {len(task.train)} train / {len(task.validation)} validation / "
+                      f"{len(task.test)} {task.report_split} examples, seeds {seeds}"
+                      + (f", learning curve at {sizes} x seeds {config.curve_seeds}" if sizes else ""))
+    row = {"metrics": task.metrics, "split": task.report_split, "problem_type": task.problem_type,
+           "kind": task.kind, "fingerprint": task.fingerprint()}
+    curves = {}
+    for key, random_weights in (("finetune", False), ("random_finetune", True)):
+        if random_weights and not config.random_baseline:
+            continue
+        runs = []
+        for index, seed in enumerate(seeds):
+            save = output_dir / task.name if options.save_model and index == 0 and not random_weights else None
+            runs.append(finetune_once(task, tokenizer, config, model_config, seed, accelerator, random_weights,
+                                      save, metrics_log))
+            metric = task.metrics[0]
+            accelerator.print(f"  {'random weights' if random_weights else 'pretrained'} seed {seed}: {metric} "
+                              f"{runs[-1]['test'][metric]:.4f} on {task.report_split} ({runs[-1]['seconds']:.1f} s)")
+        if runs:
+            row[key] = {**summarize_seeds(runs, task.metrics), "world_size": accelerator.num_processes,
+                        "mixed_precision": accelerator.mixed_precision}
+        if key == "finetune" and options.save_model and runs:
+            row[key]["model_dir"] = str(output_dir / task.name)
+        if config.train_sizes:
+            whole = {run["seed"]: run["test"] for run in runs}  # the whole split: these runs are that point
+
+            def score(subset, indices, seed, random_weights=random_weights, whole=whole):
+                size = len(indices)
+                if size == len(task.train) and seed in whole:
+                    return whole[seed]
+                result = finetune_once(subset, tokenizer, config, model_config, seed, accelerator, random_weights)
+                accelerator.print(f"  curve, {'random weights' if random_weights else 'pretrained'}, {size} "
+                                  f"examples, seed {seed}: {task.metrics[0]} {result['test'][task.metrics[0]]:.4f}")
+                return result["test"]
+
+            curves[key] = run_curve(task, config.train_sizes, config.curve_seeds, score)
+    if config.train_sizes and config.tfidf_baseline:
+        curves |= baseline_curves(task, config.train_sizes, config.curve_seeds)
+    if curves:
+        row["curves"] = curves
+    return row
+
+
 def finetune(config: EvaluateConfig) -> dict:
     """Fine-tune the checkpoint (and random-weight twins) on every task, once per seed; write and return results.
 
@@ -245,47 +295,5 @@ def finetune(config: EvaluateConfig) -> dict:
     rows = {}
     for task_config in task_configs:
         task = load_task(task_config)
-        sizes = curve_sizes(config.train_sizes, task)  # a size the task cannot give is refused before any work
-        # a learning curve is the evaluation: the whole split is trained on only when it is one of its sizes
-        seeds = options.seeds if not sizes or len(task.train) in sizes else []
-        accelerator.print(f"finetune {task.name}: {len(task.train)} train / {len(task.validation)} validation / "
-                          f"{len(task.test)} {task.report_split} examples, seeds {seeds}"
-                          + (f", learning curve at {sizes} x seeds {config.curve_seeds}" if sizes else ""))
-        row = {"metrics": task.metrics, "split": task.report_split, "problem_type": task.problem_type,
-               "kind": task.kind, "fingerprint": task.fingerprint()}
-        curves = {}
-        for key, random_weights in (("finetune", False), ("random_finetune", True)):
-            if random_weights and not config.random_baseline:
-                continue
-            runs = []
-            for index, seed in enumerate(seeds):
-                save = output_dir / task.name if options.save_model and index == 0 and not random_weights else None
-                runs.append(finetune_once(task, tokenizer, config, model_config, seed, accelerator, random_weights,
-                                          save, metrics_log))
-                metric = task.metrics[0]
-                accelerator.print(f"  {'random weights' if random_weights else 'pretrained'} seed {seed}: {metric} "
-                                  f"{runs[-1]['test'][metric]:.4f} on {task.report_split} ({runs[-1]['seconds']:.1f} s)")
-            if runs:
-                row[key] = {**summarize_seeds(runs, task.metrics), "world_size": accelerator.num_processes,
-                            "mixed_precision": accelerator.mixed_precision}
-            if key == "finetune" and options.save_model and runs:
-                row[key]["model_dir"] = str(output_dir / task.name)
-            if config.train_sizes:
-                whole = {run["seed"]: run["test"] for run in runs}  # the whole split: these runs are that point
-
-                def score(subset, indices, seed, random_weights=random_weights, whole=whole):
-                    size = len(indices)
-                    if size == len(task.train) and seed in whole:
-                        return whole[seed]
-                    result = finetune_once(subset, tokenizer, config, model_config, seed, accelerator, random_weights)
-                    accelerator.print(f"  curve, {'random weights' if random_weights else 'pretrained'}, {size} "
-                                      f"examples, seed {seed}: {task.metrics[0]} {result['test'][task.metrics[0]]:.4f}")
-                    return result["test"]
-
-                curves[key] = run_curve(task, config.train_sizes, config.curve_seeds, score)
-        if config.train_sizes and config.tfidf_baseline:
-            curves |= baseline_curves(task, config.train_sizes, config.curve_seeds)
-        if curves:
-            row["curves"] = curves
-        rows[task.name] = row
+        rows[task.name] = finetune_task(task, config, tokenizer, model_config, accelerator, metrics_log)
     return record_results(config, accelerator, rows)
