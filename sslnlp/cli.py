@@ -152,7 +152,7 @@ def load_command_config(config_class, args: argparse.Namespace):
     recipe, overrides = args.recipe, list(args.overrides)
     if recipe is not None and "=" in recipe and not recipe.endswith((".yaml", ".yml")):
         recipe, overrides = None, [recipe] + overrides  # no recipe, only overrides
-    if args.output_dir is not None and args.command != "prepare":  # prepare's output is the shards, not a run
+    if args.output_dir is not None:  # prepare reads no output_dir from its config: the shards go to --output-dir
         overrides.append(f"output_dir={args.output_dir}")
     return load_config(config_class, recipe, overrides)
 

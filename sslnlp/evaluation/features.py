@@ -110,28 +110,37 @@ def pad_token_id_of(tokenizer) -> int:
             return candidate
 
 
-@torch.no_grad()
-def extract_features(encoder, columns: dict[str, list], indices: list[int], pooling: str, layer: int | None,
-                     batch_size: int, pad_token_id: int) -> torch.Tensor:
-    """Pooled features [len(indices), H] (float32, CPU) of the examples at ``indices``, in that order.
-
-    ``layer`` None pools every layer: [len(indices), layers + 1, H], the embeddings first and the model's output
-    (``last_hidden_state``, what layer -1 gives) last. Batches are formed from length-sorted examples, so padding
-    stays small.
-    """
+def hidden_batches(encoder, columns: dict[str, list], indices: list[int], layer: int | None, batch_size: int,
+                   pad_token_id: int):
+    """Yield ``(rows, attention_mask, hidden)`` over the examples at ``indices`` in batches of length-sorted examples
+    (padding stays small): ``rows`` are positions in ``indices``; ``hidden`` is one layer's states [B, L, H], or with
+    ``layer`` None every layer's, the embeddings first and the model's output (``last_hidden_state``, what layer -1
+    gives) last: [B, L, layers + 1, H]. Run it under ``torch.no_grad``."""
     device = next(encoder.parameters()).device
     order = sorted(range(len(indices)), key=lambda k: len(columns["input_ids"][indices[k]]))
-    features = None
     for start in range(0, len(order), batch_size):
         rows = order[start: start + batch_size]
         batch = {k: v.to(device) for k, v in pad_batch(columns, [indices[k] for k in rows], pad_token_id).items()}
         outputs = encoder(**batch, output_hidden_states=layer != -1, return_dict=True)
         if layer is None:
-            hidden_states = [*outputs.hidden_states[:-1], outputs.last_hidden_state]
-            pooled = torch.stack([pool(h, batch["attention_mask"], pooling) for h in hidden_states], 1).float().cpu()
+            hidden = torch.stack([*outputs.hidden_states[:-1], outputs.last_hidden_state], 2)
         else:
-            hidden = outputs.last_hidden_state if layer == -1 else outputs.hidden_states[layer]  # [B, L, H]
-            pooled = pool(hidden, batch["attention_mask"], pooling).float().cpu()
+            hidden = outputs.last_hidden_state if layer == -1 else outputs.hidden_states[layer]
+        yield rows, batch["attention_mask"], hidden
+
+
+@torch.no_grad()
+def extract_features(encoder, columns: dict[str, list], indices: list[int], pooling: str, layer: int | None,
+                     batch_size: int, pad_token_id: int) -> torch.Tensor:
+    """Pooled features [len(indices), H] (float32, CPU) of the examples at ``indices``, in that order; ``layer`` None
+    pools every layer: [len(indices), layers + 1, H] (see ``hidden_batches``)."""
+    features = None
+    for rows, attention_mask, hidden in hidden_batches(encoder, columns, indices, layer, batch_size, pad_token_id):
+        if layer is None:  # pool each layer: [B, L, layers + 1, H] -> [B, layers + 1, H]
+            pooled = torch.stack([pool(hidden[:, :, k], attention_mask, pooling) for k in range(hidden.shape[2])], 1)
+        else:
+            pooled = pool(hidden, attention_mask, pooling)
+        pooled = pooled.float().cpu()
         if features is None:
             features = torch.empty(len(indices), *pooled.shape[1:])
         features[rows] = pooled
@@ -143,17 +152,8 @@ def extract_word_features(encoder, columns: dict[str, list], indices: list[int],
                           pad_token_id: int) -> list[torch.Tensor]:
     """Per example at ``indices``: the hidden states at its words' first sub-tokens, [words kept, H] (every layer:
     [words kept, layers + 1, H]); the words with no token are left out."""
-    device = next(encoder.parameters()).device
     words: list[torch.Tensor | None] = [None] * len(indices)
-    order = sorted(range(len(indices)), key=lambda k: len(columns["input_ids"][indices[k]]))
-    for start in range(0, len(order), batch_size):
-        rows = order[start: start + batch_size]
-        batch = {k: v.to(device) for k, v in pad_batch(columns, [indices[k] for k in rows], pad_token_id).items()}
-        outputs = encoder(**batch, output_hidden_states=layer != -1, return_dict=True)
-        if layer is None:
-            hidden = torch.stack([*outputs.hidden_states[:-1], outputs.last_hidden_state], 2)  # [B, L, layers+1, H]
-        else:
-            hidden = outputs.last_hidden_state if layer == -1 else outputs.hidden_states[layer]  # [B, L, H]
+    for rows, _, hidden in hidden_batches(encoder, columns, indices, layer, batch_size, pad_token_id):
         for row, k in enumerate(rows):
             kept = [p for p in columns["word_positions"][indices[k]] if p >= 0]
             words[k] = hidden[row, kept].float().cpu()
