@@ -150,3 +150,13 @@ def test_probe_and_finetune_curves_from_the_command_line_into_one_table_and_char
     lines = figure.axes[0].get_lines()
     assert len(lines) == 5 and len({to_hex(line.get_color()) for line in lines}) == 5  # a colour per series
     assert figure.axes[0].get_xscale() == "log"
+
+
+def test_the_tfidf_baseline_can_be_left_out(pretrained, tmp_path):
+    model_dir, tasks = pretrained
+    output = tmp_path / "no-tfidf"
+    main(["probe", f"model_name_or_path={model_dir}", f"tasks={json.dumps([_task_dict(tasks['same_subject'])])}",
+          "train_sizes=[16]", "curve_seeds=[0]", "tfidf_baseline=false", "random_baseline=false",
+          "--output-dir", str(output)])
+    curves = json.loads((output / "results.json").read_text())["tasks"]["same_subject"]["curves"]
+    assert set(curves) == {"probe"}

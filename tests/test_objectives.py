@@ -75,3 +75,23 @@ def test_registry_errors_name_the_key_and_the_choices():
         load_config(PretrainConfig, None, ["objective.name=random_token_detection", "objective.replace_probability=1.5",
                                            "max_steps=1"]).check()
     assert get_objective("clm").encoder is False and get_objective("mlm").encoder is True
+
+
+def test_masked_lm_settings_of_the_objective_section_take_effect(wordpiece_tokenizer):
+    """objective.sparse_prediction picks the head; objective.eval_mlm_probability is the held-out masking rate."""
+    from transformers import BertConfig
+
+    from sslnlp.config import ModelConfig, PretrainEvaluationConfig
+    from sslnlp.objectives import build_objective
+    from sslnlp.objectives.mlm import MaskedLanguageModelingConfig
+
+    model_config = BertConfig(vocab_size=len(wordpiece_tokenizer), hidden_size=32, num_hidden_layers=1,
+                              num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    for sparse in (True, False):
+        objective = build_objective(MaskedLanguageModelingConfig(sparse_prediction=sparse), ModelConfig())
+        objective.build_model(model_config)
+        assert (objective.sparse_head is not None) == sparse
+    objective = build_objective(MaskedLanguageModelingConfig(mlm_probability=0.4, eval_mlm_probability=0.25))
+    held_out = objective.build_collator(wordpiece_tokenizer, seed=0, evaluation=PretrainEvaluationConfig())
+    training = objective.build_collator(wordpiece_tokenizer, seed=0)
+    assert (held_out.mlm_probability, training.mlm_probability) == (0.25, 0.4)
