@@ -59,6 +59,13 @@ class DataConfig:
     attention_within_documents: bool = option(False, "Packed blocks: each token attends only within its own document "
                                                      "(causally for decoders) and positions restart at 0 after each "
                                                      "separator (sslnlp.data.documents).")
+    replay_files: Any = option(None, "Adapting a checkpoint: general-domain text replayed beside train_files "
+                                     "against forgetting (same forms as train_files).")
+    replay_share: float = option(0.0, "Share of the training documents drawn from replay_files (a seeded mixture).")
+    task_texts: str | None = option(None, "Task-adaptive pretraining: an evaluate recipe (sslnlp probe / finetune) "
+                                          "whose task's train split texts, labels ignored, are the training text "
+                                          "instead of train_files; its validation and test texts are never read. "
+                                          "RECIPE#TASK picks one of several tasks.")
     num_workers: int = option(0, "DataLoader worker processes per rank (0: tokenize in the main process).")
     seed: int = option(0, "Seed of the mixture and the shuffle buffer.")
 
@@ -71,6 +78,12 @@ class TokenizerConfig:
     min_frequency: int = option(2, "Minimum frequency of a merge / word piece.")
     training_documents: int = option(20000, "Train the tokenizer on the first N documents of the corpus.")
     lowercase: bool | None = option(None, "Lowercase text (default: true for wordpiece, false otherwise).")
+    extend_vocabulary: int | None = option(None, "Adapting a checkpoint: learn this many new tokens from the training "
+                                                 "text (whole words ranked by the tokens they save), add them to the "
+                                                 "checkpoint's own tokenizer and initialise their embeddings from the "
+                                                 "pieces they replace (sslnlp.data.vocabulary); reads "
+                                                 "training_documents documents, words seen min_frequency times. "
+                                                 "None: off.")
 
 
 @dataclass
@@ -180,6 +193,9 @@ class PretrainEvaluationConfig:
     per_device_eval_batch_size: int = option(32, "Blocks per evaluation batch.")
     eval_seed: int = option(1234, "Seed of the held-out batches' randomness (masks, replacements: fixed, so runs "
                                   "compare).")
+    general_validation_files: Any = option(None, "Adapting a checkpoint: general-domain held-out text whose loss is "
+                                                 "measured before the first step and after the last (forgetting; "
+                                                 "summary.json's general_eval_loss_before / _after).")
     probe_task: dict = option({}, "A labelled task (TaskConfig keys, e.g. {train_file: ..., label_field: ...} or "
                                   "{name: sst2}) to probe during pretraining; empty: no probe.")
     probe_steps: int = option(0, "Run the linear probe every N steps (0: only at the end, when probe_task is set).")
@@ -261,10 +277,34 @@ class PretrainConfig:
         if self.data.mixture_weights and len(self.data.mixture_weights) != len(self.data.train_files):
             raise ConfigError(f"data.mixture_weights has {len(self.data.mixture_weights)} weights for "
                               f"{len(self.data.train_files)} data.train_files entries; give one weight per entry")
+        self.check_adaptation()
         if not 0 <= training.warmup_ratio < 1 or not 0 <= training.decay_ratio <= 1:
             raise ConfigError("training.warmup_ratio must be in [0, 1) and training.decay_ratio in [0, 1]")
         check_ranges(self, NUMERIC_RANGES)
         self.hub.check()
+
+    def check_adaptation(self) -> None:
+        """Vocabulary extension, replay and task texts: what they need."""
+        data, extend = self.data, self.tokenizer.extend_vocabulary
+        if extend is not None:
+            if extend < 1:
+                raise ConfigError(f"tokenizer.extend_vocabulary={extend}: give a number of new tokens >= 1, or leave it "
+                                  "unset (no extension)")
+            if not self.model.model_name_or_path:
+                raise ConfigError("tokenizer.extend_vocabulary adapts a checkpoint's tokenizer: set "
+                                  "model.model_name_or_path (a model trained from scratch trains its own tokenizer on "
+                                  "this text)")
+            if self.tokenizer.tokenizer_name_or_path:
+                raise ConfigError("tokenizer.extend_vocabulary extends the checkpoint's own tokenizer (its embeddings "
+                                  "match it); drop tokenizer.tokenizer_name_or_path")
+        if not 0 <= data.replay_share < 1:
+            raise ConfigError(f"data.replay_share={data.replay_share} must be in [0, 1)")
+        if data.replay_share and not data.replay_files:
+            raise ConfigError("data.replay_share is set but data.replay_files is not; give the general-domain text to "
+                              "replay")
+        if data.replay_files and not data.replay_share:
+            raise ConfigError("data.replay_files is set but data.replay_share is 0; give the share of documents to "
+                              "replay (e.g. 0.2)")
 
 
 # Numeric settings checked before any work, so a mistake names its key (not the optimizer's or the tokenizer's own

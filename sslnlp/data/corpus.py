@@ -716,15 +716,25 @@ def build_corpus(data, files, split: str):
 
 
 def training_and_validation_corpora(data):
-    """(training corpus, validation corpus or None) of a DataConfig: the hold-out, the shuffle, the mixture."""
+    """(training corpus, validation corpus or None) of a DataConfig: the hold-out, the shuffle, the mixture, the
+    replay of general text (held out of neither: the held-out text is the domain's)."""
     if data.validation_holdout_every and not data.validation_files:  # hold out from the stored order, then shuffle
         stored = build_corpus(dataclasses.replace(data, shuffle_documents=False), data.train_files, data.dataset_split)
         train = HoldoutCorpus(stored, data.validation_holdout_every, held_out=False)
         validation = HoldoutCorpus(stored, data.validation_holdout_every, held_out=True)
-        return (ShuffledCorpus(train, seed=data.seed) if data.shuffle_documents else train), validation
+        return with_replay(data, ShuffledCorpus(train, seed=data.seed) if data.shuffle_documents else train), validation
     train = build_corpus(data, data.train_files, data.dataset_split)
     validation = None
     if data.validation_files:  # never mixed nor shuffled: the weights and the shuffle belong to train_files
         validation = build_corpus(dataclasses.replace(data, mixture_weights=[], shuffle_documents=False),
                                   data.validation_files, "validation")
-    return train, validation
+    return with_replay(data, train), validation
+
+
+def with_replay(data, train: Corpus) -> Corpus:
+    """``train`` mixed with data.replay_files at data.replay_share of the documents (a seeded MixtureCorpus), or
+    ``train`` itself when nothing is replayed."""
+    if not data.replay_files or not data.replay_share:
+        return train
+    replay = build_corpus(dataclasses.replace(data, mixture_weights=[]), data.replay_files, data.dataset_split)
+    return MixtureCorpus([train, replay], [1 - data.replay_share, data.replay_share], seed=data.seed)

@@ -19,6 +19,9 @@ def open_training_data(data):
     if not is_prepared(data.train_files):
         check_not_half_prepared(data.train_files)
         return training_and_validation_corpora(data)
+    if data.replay_files:
+        raise CorpusError("data.replay_files does not apply to a prepared directory (its mixture was fixed by sslnlp "
+                          "prepare); prepare the domain and the replayed text together with mixture weights")
     if data.mixture_weights:
         raise CorpusError("data.mixture_weights does not apply to a prepared directory (its mixture was fixed by "
                           "sslnlp prepare); leave it empty")

@@ -438,6 +438,62 @@ def load_task(task: TaskConfig) -> LabelledTask:
                         metrics=metrics, report_split=report_split, max_seq_length=task.max_seq_length, kind=task.kind)
 
 
+def train_texts(task: TaskConfig) -> list[str]:
+    """The texts of a task's train split, labels ignored (task-adaptive pretraining): the examples fine-tuning
+    trains on, never a validation or test text. Its validation and test files (or Hub splits) are not opened; when a
+    split is carved from the train file (``split_ratio``), its share is left out exactly as ``load_task`` leaves it
+    out. A pair task gives both texts; a token task its words joined by spaces."""
+    task = resolve_task_config(task)
+    name = task.name or Path(task.train_file or task.dataset_name).name.split(".")[0]
+    columns = {task.text_field: "text_field", **({task.text_pair_field: "text_pair_field"} if task.text_pair_field
+                                                 else {})}
+    if task.dataset_name:
+        records = _hub_records(task, task.train_split, columns)[0]
+        has_validation, has_test = task.validation_split is not None, task.test_split is not None
+    else:
+        if not task.train_file:
+            raise TaskError(f"task {name!r} has no train_file or dataset_name; task texts come from its train split")
+        records = read_records(task.train_file, columns)
+        has_validation, has_test = task.validation_file is not None, task.test_file is not None
+
+    def texts(where: str, record: dict) -> list[str]:
+        if task.kind == "token":
+            words = record.get(task.text_field)
+            if not isinstance(words, list):
+                raise TaskError(f"{where}: {task.text_field!r} must be a list of words in a token task")
+            return [" ".join(str(word) for word in words)]
+        found = [_text(record.get(task.text_field), where, task.text_field, "text_field")]
+        if task.text_pair_field:
+            found.append(_text(record.get(task.text_pair_field), where, task.text_pair_field, "text_pair_field"))
+        return found
+
+    per_example = [texts(where, record) for where, record in records]
+    kept, _, _ = held_out_splits(task, name, per_example, [] if has_validation else None, [] if has_test else None)
+    return [text for example in kept for text in example]
+
+
+def task_texts(reference: str) -> list[str]:
+    """``train_texts`` of a task of an evaluate recipe: ``RECIPE`` (its only task) or ``RECIPE#TASK`` (data.task_texts)."""
+    from sslnlp.config import ConfigError, EvaluateConfig, load_config
+
+    path, _, wanted = reference.partition("#")
+    if not Path(path).is_file():
+        raise ConfigError(f"data.task_texts={reference!r}: no recipe file {path!r}; give an evaluate recipe (e.g. "
+                          "recipes/evaluate/sst2.yaml), optionally with #TASK")
+    configs = load_config(EvaluateConfig, path, []).task_configs()
+    names = [config.name or Path(config.train_file or config.dataset_name or "").name.split(".")[0]
+             for config in configs]
+    if wanted:
+        if wanted not in names:
+            raise ConfigError(f"data.task_texts={reference!r}: the recipe has no task {wanted!r} (it has "
+                              f"{', '.join(names)})")
+        return train_texts(configs[names.index(wanted)])
+    if len(configs) > 1:
+        raise ConfigError(f"data.task_texts={reference!r}: the recipe has {len(configs)} tasks ({', '.join(names)}); "
+                          f"name one: {path}#{names[0]}")
+    return train_texts(configs[0])
+
+
 def held_out_splits(task: TaskConfig, name: str, train: list[Example], validation: list[Example] | None,
                     test: list[Example] | None) -> tuple[list[Example], list[Example], list[Example]]:
     """The three splits: a missing validation or test split is a seeded ``split_ratio`` share of train (disjoint

@@ -150,14 +150,30 @@ def model_inputs(model, batch: dict) -> dict:
     return inputs
 
 
-def build_model(model_options, config, auto):
+def build_model(model_options, config, auto, head: str | None = None, **from_pretrained):
     """Instantiate ``auto`` (an Auto class such as AutoModelForMaskedLM) from ``config`` (random init) or from the
-    checkpoint's weights."""
+    checkpoint's weights.
+
+    ``head``: the head the objective trains (e.g. "masked-LM"); a checkpoint that lacks trained weights for any of
+    the model's parameters is then refused in one line instead of continuing from a randomly initialised head
+    (transformers would only warn). Without ``head``, freshly initialised parameters are logged.
+    """
     kwargs = {"attn_implementation": model_options.attn_implementation}
-    if model_options.model_name_or_path:
-        return auto.from_pretrained(model_options.model_name_or_path, config=config,
-                                    trust_remote_code=model_options.trust_remote_code, **kwargs)
-    return auto.from_config(config, trust_remote_code=model_options.trust_remote_code, **kwargs)
+    if not model_options.model_name_or_path:
+        return auto.from_config(config, trust_remote_code=model_options.trust_remote_code, **kwargs)
+    model, loading = auto.from_pretrained(model_options.model_name_or_path, config=config, output_loading_info=True,
+                                          trust_remote_code=model_options.trust_remote_code, **kwargs,
+                                          **from_pretrained)
+    fresh = sorted(set(loading.get("missing_keys", ())) | {key for key, *_ in loading.get("mismatched_keys", ())})
+    if fresh and head:
+        shown = ", ".join(fresh[:3]) + (f" and {len(fresh) - 3} more" if len(fresh) > 3 else "")
+        raise ModelError(f"model.model_name_or_path={model_options.model_name_or_path!r} has no trained {head} head "
+                         f"(not in the checkpoint: {shown}); continue from a checkpoint saved with its {head} head "
+                         f"(e.g. the {auto.__name__} export of a pretraining run), or choose an objective it can serve")
+    if fresh:
+        logger.info("%s: %d parameters not in the checkpoint start fresh (%s)", type(model).__name__, len(fresh),
+                    ", ".join(fresh[:3]))
+    return model
 
 
 class SparseMaskedLMHead:

@@ -47,7 +47,7 @@ class CausalLanguageModeling(Objective):
     def build_model(self, model_config):
         from transformers import AutoModelForCausalLM
 
-        return build_model(self.model_options, model_config, AutoModelForCausalLM)
+        return build_model(self.model_options, model_config, AutoModelForCausalLM, head="causal-LM")
 
     def build_collator(self, tokenizer, *, seed: int, evaluation=None):
         return self.document_collator(CausalLanguageModelingCollator.from_tokenizer(tokenizer), tokenizer)

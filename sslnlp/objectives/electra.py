@@ -222,8 +222,10 @@ class ReplacedTokenDetection(Objective):
         else:  # a one-logit token classifier: the replaced-token head of any encoder family
             model_config.num_labels = 1
             discriminator = build_model(self.model_options, model_config, AutoModelForTokenClassification)
-        small = generator_config(model_config, self.config)
-        generator = build_model(_without_checkpoint(self.model_options), small, AutoModelForMaskedLM)
+        generator = checkpoint_generator(self.model_options)
+        small = generator.config if generator is not None else generator_config(model_config, self.config)
+        if generator is None:
+            generator = build_model(_without_checkpoint(self.model_options), small, AutoModelForMaskedLM)
         tie_embeddings(generator, discriminator)
         self.pair = GeneratorAndDiscriminator(generator, discriminator, self.config)
         logger.info("electra: discriminator %s, generator hidden %s x %s layers (%.1fM parameters with the shared "
@@ -259,7 +261,7 @@ class ReplacedTokenDetection(Objective):
         return model.discriminator
 
     def flops_per_token(self, model_config, sequence_length: int) -> float:
-        small = generator_config(model_config, self.config)
+        small = self.pair.generator.config if self.pair is not None else generator_config(model_config, self.config)
         hidden = model_config.hidden_size
         discriminator_head = 3.0 * (2 * hidden * hidden + 2 * hidden)  # dense + one logit per token
         return (flops_per_token(model_config, sequence_length, 0.0) + discriminator_head
@@ -301,5 +303,20 @@ class ReplacedTokenDetection(Objective):
 
 
 def _without_checkpoint(model_options):
-    """The generator is always built fresh (a checkpoint given in model.model_name_or_path is the discriminator's)."""
+    """The options that build a fresh generator (model.model_name_or_path is the discriminator's checkpoint)."""
     return dataclasses.replace(model_options, model_name_or_path=None)
+
+
+def checkpoint_generator(model_options):
+    """The generator a local ELECTRA checkpoint carries in ``generator/`` (an sslnlp export), to continue it with
+    its discriminator; None when there is none (a Hub discriminator: a fresh generator)."""
+    from pathlib import Path
+
+    from transformers import AutoConfig, AutoModelForMaskedLM
+
+    path = model_options.model_name_or_path
+    if not path or not Path(path, "generator", "config.json").is_file():
+        return None
+    config = AutoConfig.from_pretrained(path, subfolder="generator", trust_remote_code=model_options.trust_remote_code)
+    logger.info("electra: continuing the checkpoint's generator (%s/generator)", path)
+    return build_model(model_options, config, AutoModelForMaskedLM, head="masked-LM (generator)", subfolder="generator")

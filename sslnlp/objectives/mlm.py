@@ -75,7 +75,7 @@ class MaskedLanguageModeling(Objective):
     def build_model(self, model_config):
         from transformers import AutoModelForMaskedLM
 
-        model = build_model(self.model_options, model_config, AutoModelForMaskedLM)
+        model = build_model(self.model_options, model_config, AutoModelForMaskedLM, head="masked-LM")
         if self.config.sparse_prediction:
             self.sparse_head = SparseMaskedLMHead(model)
         return model

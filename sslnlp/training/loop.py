@@ -51,6 +51,7 @@ from sslnlp.runtime import (
     use_deterministic_algorithms,
 )
 from sslnlp.data.tokenizer import load_tokenizer, train_tokenizer_into
+from sslnlp.training.adaptation import extension_report, general_corpus, with_extended_vocabulary, with_task_texts
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ def check_one_shot(config: PretrainConfig, train_corpus, output_dir: Path, resum
     data = config.data
     passes = {
         "to train the tokenizer (or give tokenizer.tokenizer_name_or_path)": trains_tokenizer(config, output_dir),
+        "to learn the vocabulary extension (tokenizer.extend_vocabulary)": config.tokenizer.extend_vocabulary is not None,
         "for the validation hold-out (or give data.validation_files, or data.validation_holdout_every=0)":
             bool(data.validation_holdout_every and not data.validation_files),
         f"to resume from {resume}": resume is not None,
@@ -165,6 +167,7 @@ class Run:
     collator: object
     train_stream: BlockStream
     eval_batches: list
+    general_batches: list
     metrics: MetricsLog
     budget_steps: int
     warmup: float
@@ -194,7 +197,7 @@ def set_up(config: PretrainConfig, accelerator) -> Run:
 
     from sslnlp.training.engines import prepare_engine  # the engine's set-up before the optimizer (FSDP2, DeepSpeed)
 
-    training, data = config.training, config.data
+    training = config.training
     output_dir = Path(config.output_dir)
     keep_freed_memory(accelerator.device)
     config_values = plain(to_dict(config))  # config.yaml and the config fingerprint
@@ -205,10 +208,13 @@ def set_up(config: PretrainConfig, accelerator) -> Run:
     set_seed(training.seed)
     if training.deterministic:
         use_deterministic_algorithms()
-    objective = build_objective(config.objective, config.model, config.data)
+    config = with_task_texts(config)
+    data = config.data
     train_corpus, validation_corpus = open_training_data(data)
     resume = resolve_resume(training.resume_from_checkpoint, output_dir)
     check_one_shot(config, train_corpus, output_dir, resume)
+    config = with_extended_vocabulary(config, accelerator, output_dir)
+    objective = build_objective(config.objective, config.model, config.data)
     tokenizer = prepare_tokenizer(config, objective, train_corpus, accelerator, output_dir)
     model_config = build_model_config(config.model, tokenizer, data.max_seq_length)
     objective.check_model_config(model_config)
@@ -221,6 +227,7 @@ def set_up(config: PretrainConfig, accelerator) -> Run:
     train_stream = BlockStream(train_blocks, training.per_device_train_batch_size, collator, num_workers=data.num_workers,
                                shuffle_buffer_size=data.shuffle_buffer_size, seed=data.seed)
     eval_batches = evaluation_batches(config, objective, validation_corpus, tokenizer, accelerator)
+    general_batches = evaluation_batches(config, objective, general_corpus(config), tokenizer, accelerator)
 
     model = prepare_engine(accelerator, model, training)  # FSDP2: shard before the optimizer sees the parameters
     # Fused on CPUs too: the tiny model's optimizer step takes 5 ms instead of foreach's 15 ms.
@@ -236,7 +243,7 @@ def set_up(config: PretrainConfig, accelerator) -> Run:
     budget_steps = training.max_steps or (math.ceil(training.max_tokens / tokens_per_step) if training.max_tokens else 0)
     run = Run(config=config, accelerator=accelerator, output_dir=output_dir, objective=objective, tokenizer=tokenizer,
               model_config=model_config, model=model, optimizer=optimizer, collator=collator, train_stream=train_stream,
-              eval_batches=eval_batches, metrics=MetricsLog(accelerator, output_dir / "metrics.jsonl", bool(training.report_to)),
+              eval_batches=eval_batches, general_batches=general_batches, metrics=MetricsLog(accelerator, output_dir / "metrics.jsonl", bool(training.report_to)),
               budget_steps=budget_steps,
               warmup=(training.warmup_steps / budget_steps if training.warmup_steps and budget_steps else training.warmup_ratio),
               model_flops_per_token=objective.flops_per_token(model_config, data.max_seq_length),
@@ -375,8 +382,9 @@ def log_window(run: Run, learning_rate: float, progress_bar) -> None:
 
 
 @torch.no_grad()
-def evaluate(run: Run) -> dict:
-    """The objective's loss per target on the held-out batches (fixed masks), with its metrics and perplexity."""
+def evaluate(run: Run, batches: list | None = None) -> dict:
+    """The objective's loss per target on the held-out batches (fixed masks), with its metrics and perplexity;
+    ``batches``: other held-out batches than the validation text's (the general domain's)."""
     model, objective, accelerator = run.model, run.objective, run.accelerator
     terms = list(objective.weights())
     model.eval()
@@ -385,7 +393,7 @@ def evaluate(run: Run) -> dict:
     # compare, and the training's random state is left as it was, so a resumed run draws what the original did.
     with torch.random.fork_rng(devices=[accelerator.device] if accelerator.device.type == "cuda" else []):
         torch.manual_seed(run.config.evaluation.eval_seed + accelerator.process_index)
-        for batch in run.eval_batches:
+        for batch in run.eval_batches if batches is None else batches:
             batch = to_device(batch, accelerator.device)
             output = objective.loss(model, batch, with_metrics=True)
             for term, count in objective.count(batch).items():
@@ -447,13 +455,41 @@ def finish(run: Run) -> dict:
                "model_flops_utilization": (tokens_per_second / accelerator.num_processes * run.model_flops_per_token
                                            / run.peak_flops) if run.peak_flops else None,
                "output_dir": str(run.output_dir), **{k: v for k, v in run.last_eval.items() if k != "step"},
-               "provenance": loop["provenance"]}
+               "provenance": loop["provenance"], **adaptation_summary(run)}
     if accelerator.is_main_process:
         (run.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     for callback in run.callbacks:  # after the last collective: only rank 0 waits on the network
         callback.on_end(run, summary)
     say(run, finished_line(summary))
     return summary
+
+
+def adaptation_summary(run: Run) -> dict:
+    """What a continued pretraining measured: the held-out losses before the first step (``*_before``), the
+    general-domain loss after and its change (forgetting), the vocabulary extension."""
+    start = run.loop.get("start_eval") or {}
+    summary = {f"{key}_before": start[key] for key in ("eval_loss", "general_eval_loss") if key in start}
+    if "general_eval_loss" in run.last_eval:
+        summary["general_eval_loss"] = run.last_eval["general_eval_loss"]
+        if "general_eval_loss" in start:
+            summary["general_eval_loss_change"] = run.last_eval["general_eval_loss"] - start["general_eval_loss"]
+    extension = extension_report(run.output_dir)
+    if extension:
+        summary["vocabulary_extension"] = extension
+    return summary
+
+
+def evaluate_start(run: Run) -> None:
+    """Before the first step of a continuation: the checkpoint's own held-out losses (validation and general
+    text), written as step 0 of metrics.jsonl and kept in the loop state for the summary."""
+    record = evaluate(run) if run.eval_batches else {}
+    if run.general_batches:
+        record["general_eval_loss"] = evaluate(run, run.general_batches)["eval_loss"]
+    if not record:
+        return
+    run.loop["start_eval"] = record
+    run.metrics.write({"step": 0, **record, "tokens": 0, "elapsed": 0.0})
+    say(run, "step 0 (the checkpoint as loaded): " + ", ".join(f"{k}={v:.4g}" for k, v in record.items()))
 
 
 def finished_line(summary: dict) -> str:
@@ -583,6 +619,8 @@ def train_run(config: PretrainConfig, accelerator) -> dict:
         run.callbacks.append(HubCallback(HubSync(config.hub, run.accelerator, run.output_dir)))
     evaluation, training = config.evaluation, config.training
     batches = iter(run.train_stream)
+    if run.loop["step"] == 0 and (config.model.model_name_or_path or run.general_batches):
+        evaluate_start(run)
     run.model.train()
     preempted = False
     with PreemptionFlag() as preemption, progress_bar(run) as bar:
@@ -598,6 +636,12 @@ def train_run(config: PretrainConfig, accelerator) -> dict:
                 run.metrics.write({**run.last_eval, "tokens": run.loop["tokens"], "elapsed": run.loop["elapsed"]})
                 say(run, f"step {run.loop['step']}: " + ", ".join(
                     f"{k}={v:.4g}" for k, v in run.last_eval.items() if k != "step"))
+            if done and run.general_batches:
+                general = {"general_eval_loss": evaluate(run, run.general_batches)["eval_loss"]}
+                run.last_eval = {**run.last_eval, **general}
+                run.metrics.write({"step": run.loop["step"], **general, "tokens": run.loop["tokens"],
+                                   "elapsed": run.loop["elapsed"]})
+                say(run, f"step {run.loop['step']}: general_eval_loss={general['general_eval_loss']:.4g}")
             for callback in run.callbacks:
                 callback.on_step_end(run, done)
             preempted = step["preempted"]
