@@ -90,9 +90,9 @@ def scratch_overrides(data: dict, train: Path, steps: int) -> list[str]:
 def adapt_overrides(data: dict, start: Path, steps: int, replay: bool = True, lr: float | None = None) -> list[str]:
     values = [f"model.model_name_or_path={start}", f"data.validation_files={data['domain-valid']}",
               f"evaluation.general_validation_files={data['general-valid']}", "training.max_time=0",
-              f"training.max_steps={steps}"]
-    if replay:
-        values += [f"data.replay_files={data['general']}", f"data.replay_share={REPLAY_SHARE}"]
+              f"training.max_steps={steps}", "data.dataset_config_name=null"]
+    values += ([f"data.replay_files={data['general']}", f"data.replay_share={REPLAY_SHARE}"] if replay
+               else ["data.replay_files=null", "data.replay_share=0"])
     if lr:
         values.append(f"training.learning_rate={lr}")
     return values
