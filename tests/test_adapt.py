@@ -244,3 +244,20 @@ def test_bad_adaptation_inputs_give_one_line_errors(bases, texts, tmp_path):
     refused(ConfigError, "has 2 tasks", continuation(
         tmp_path / "e", bases["wordpiece"], texts["domain"], **{"data.task_texts": recipe}))
     assert load_config(EvaluateConfig, recipe, []).task_configs()[1].name == "b"
+
+
+def test_task_adaptive_pretraining_from_the_command_line(wordpiece_dir, tmp_path):
+    from sslnlp.cli import main
+
+    rows = [{"text": f"{text} ({index})", "label": "a" if index % 2 else "b"}
+            for index, text in enumerate(textgen.domain_documents(40, 6))]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = tmp_path / "task.yaml"
+    recipe.write_text(f"model_name_or_path: x\ntasks: [{{name: cells, train_file: {tmp_path}/train.jsonl, "
+                      f"split_ratio: 0.25}}]\n")
+    base_run(tmp_path / "base", wordpiece_dir, "bert", write_jsonl(tmp_path / "general.jsonl", textgen.documents(200, 1)))
+    main(["pretrain", *continuation(tmp_path / "ignored", tmp_path / "base", "unused.jsonl", steps=2,
+                                    **{"tokenizer.extend_vocabulary": 4}),
+          "--output-dir", str(tmp_path / "tapt"), f"data.task_texts={recipe}"])
+    summary = json.loads((tmp_path / "tapt" / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["vocabulary_extension"]["documents"] == 20  # 40 - 2 x 25% held out
