@@ -105,15 +105,17 @@ def arms(output: Path, data: dict, general: Path, steps: int, extension: int) ->
     made = {}
     for vocab in (False, True):
         suffix = "+vocab" if vocab else ""
-        extend = [f"tokenizer.extend_vocabulary={extension}"] if vocab else []
+        extend = [f"tokenizer.extend_vocabulary={extension if vocab else 'null'}"]
         made["dapt" + suffix] = output / f"dapt{suffix}"
         pretrain(made["dapt" + suffix], recipe, *adapt_overrides(data, general, steps), *domain, *extend)
         made["tapt" + suffix] = output / f"tapt{suffix}"
         pretrain(made["tapt" + suffix], recipe, *adapt_overrides(data, general, steps), TASK_TEXTS, *extend)
         made["dapt+tapt" + suffix] = output / f"dapt+tapt{suffix}"
-        pretrain(made["dapt+tapt" + suffix], recipe, *adapt_overrides(data, made["dapt" + suffix], steps), TASK_TEXTS)
+        pretrain(made["dapt+tapt" + suffix], recipe, *adapt_overrides(data, made["dapt" + suffix], steps), TASK_TEXTS,
+                 "tokenizer.extend_vocabulary=null")  # the vocabulary was extended (or not) at the DAPT stage
     made["dapt, no replay"] = output / "dapt-no-replay"
-    pretrain(made["dapt, no replay"], recipe, *adapt_overrides(data, general, steps, replay=False), *domain)
+    pretrain(made["dapt, no replay"], recipe, *adapt_overrides(data, general, steps, replay=False), *domain,
+             "tokenizer.extend_vocabulary=null")
     return made
 
 
@@ -161,7 +163,8 @@ def lr_sweep(output: Path, data: dict, general: Path, steps: int, rates: list[fl
     print("| learning rate | domain held-out loss | general held-out loss before -> after |\n|---:|---:|---:|")
     for rate in rates:
         summary = pretrain(output / "lr-sweep" / f"lr-{rate:g}", "recipes/adapt-cpu.yaml",
-                           *adapt_overrides(data, general, steps, lr=rate), f"data.train_files={data['domain']}")
+                           *adapt_overrides(data, general, steps, lr=rate), f"data.train_files={data['domain']}",
+                           "tokenizer.extend_vocabulary=null")
         print(f"| {rate:g} | {summary['eval_loss']:.3f} | {summary['general_eval_loss_before']:.3f} -> "
               f"{summary['general_eval_loss']:.3f} |", flush=True)
 

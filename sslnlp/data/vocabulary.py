@@ -58,7 +58,7 @@ class Extension:
     def report(self) -> dict:
         """What summary.json and the log say about the extension."""
         return {"kind": self.kind, "new_tokens": len(self.pieces), "new_words": len(self.words),
-                "documents": self.documents, "words": self.words_seen,
+                "documents": self.documents, "words_read": self.words_seen,
                 "tokens_per_word_before": self.tokens_per_word_before,
                 "tokens_per_word_after": self.tokens_per_word_after,
                 "reduction": 1 - self.tokens_per_word_after / self.tokens_per_word_before
