@@ -8,13 +8,15 @@ commits, and a log of requests) so tests can compare bytes; tests read the pushe
 
 It also serves dataset repositories for download (``add_dataset``): the repository info, tree listing, paths-info
 and ``resolve`` (HEAD, GET and byte ranges) calls through which ``datasets.load_dataset(name, streaming=True)``
-reads a Hub dataset.
+reads a Hub dataset; and model repositories (``add_model``): the same calls on the model paths, through which
+``from_pretrained(name)`` downloads a checkpoint.
 
     with HubServer() as hub:                       # HF_ENDPOINT=hub.url
         hub.fail("/api/repos/create", times=2)     # the next two repo creations answer 503
         ...
         hub.files("me/tiny")                       # {path: bytes} of the main branch
         hub.add_dataset("me/text", {"train.jsonl": data})  # then load_dataset("me/text", streaming=True)
+        hub.add_model("me/bert", {"config.json": data, ...})  # then AutoModel.from_pretrained("me/bert")
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class HubServer:
         self.requests: list[dict] = []  # {"method", "path", "status", "user_agent", "authorization"}
         self.failures: list[list] = []  # [path substring, remaining count]
         self.datasets: dict[str, dict[str, bytes]] = {}  # repo_id -> {path: bytes}, served for download
+        self.models: dict[str, dict[str, bytes]] = {}  # repo_id -> {path: bytes}, served for download
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -71,6 +74,11 @@ class HubServer:
         """Serve a dataset repository for download (its single revision is "main")."""
         with self.lock:
             self.datasets[repo_id] = dict(files)
+
+    def add_model(self, repo_id: str, files: dict[str, bytes]) -> None:
+        """Serve a model repository for download (its single revision is "main")."""
+        with self.lock:
+            self.models[repo_id] = dict(files)
 
     def write_repo(self, repo_id: str, destination: Path, revision: str = "main") -> Path:
         """What the server stored, as files under ``destination`` (to load with from_pretrained)."""
@@ -192,9 +200,9 @@ class HubServer:
 
     # ---------------------------------------------------------------------------------------------- downloads
 
-    def _entries(self, repo: str, prefix: str = "", paths: list[str] | None = None) -> list[dict]:
+    def _entries(self, repo: str, prefix: str = "", paths: list[str] | None = None, files: dict | None = None) -> list[dict]:
         """Tree / paths-info entries: the files under ``prefix`` and their folders, or exactly ``paths``."""
-        files = self.datasets[repo]
+        files = self.datasets[repo] if files is None else files
         names = [p for p in paths if p in files] if paths is not None else [p for p in files if p.startswith(prefix)]
         entries = [{"type": "file", "path": name, "size": len(files[name]), "oid": hashlib.sha1(files[name]).hexdigest()}
                    for name in sorted(names)]
@@ -204,14 +212,16 @@ class HubServer:
         return entries
 
     def _download(self, handler, head: bool) -> None:
-        """Dataset repository info, tree, and file downloads (with byte ranges); anything else is 404."""
+        """Dataset and model repository info, tree, and file downloads (with byte ranges); anything else is 404."""
         path = unquote(urlsplit(handler.path).path)
-        info = re.fullmatch(r"/api/datasets/([^/]+/[^/]+)(?:/revision/([^/]+))?", path)
-        tree = re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/tree/([^/]+)/?(.*)", path)
-        resolve = re.fullmatch(r"/datasets/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
+        kind = "datasets" if path.startswith(("/api/datasets/", "/datasets/")) else "models"
+        info = re.fullmatch(rf"/api/{kind}/([^/]+/[^/]+)(?:/revision/([^/]+))?", path)
+        tree = re.fullmatch(rf"/api/{kind}/([^/]+/[^/]+)/tree/([^/]+)/?(.*)", path)
+        resolve = re.fullmatch(r"/datasets/([^/]+/[^/]+)/resolve/([^/]+)/(.+)" if kind == "datasets"
+                               else r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
         repo = next((m.group(1) for m in (info, tree, resolve) if m), None)
         with self.lock:
-            files = self.datasets.get(repo)
+            files = (self.datasets if kind == "datasets" else self.models).get(repo)
         if files is None:
             return self._send(handler, head, 404, {"error": "test server: not found"}, "RepoNotFound")
         commit = hashlib.sha1(repo.encode()).hexdigest()
@@ -221,7 +231,7 @@ class HubServer:
                 "siblings": [{"rfilename": name} for name in sorted(files)], "downloads": 0, "cardData": {},
                 "lastModified": "2026-01-01T00:00:00.000Z"})
         if tree:
-            return self._send(handler, head, 200, self._entries(repo, tree.group(3)))
+            return self._send(handler, head, 200, self._entries(repo, tree.group(3), files=files))
         content = files.get(resolve.group(3))
         if content is None:
             return self._send(handler, head, 404, {"error": "test server: no such file"}, "EntryNotFound")

@@ -261,3 +261,36 @@ def test_task_adaptive_pretraining_from_the_command_line(wordpiece_dir, tmp_path
           "--output-dir", str(tmp_path / "tapt"), f"data.task_texts={recipe}"])
     summary = json.loads((tmp_path / "tapt" / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["vocabulary_extension"]["documents"] == 20  # 40 - 2 x 25% held out
+
+
+def test_a_hub_checkpoint_is_continued_with_its_vocabulary_extended(texts, wordpiece_dir, tmp_path):
+    """A Hub name (the local Hub server standing in) continues like a local directory: step 0 at the checkpoint's own
+    held-out loss; then, extended, the new tokens' rows are their pieces' means."""
+    import os
+    import subprocess
+    import sys
+
+    from hub_server import HubServer
+
+    original = base_run(tmp_path / "base", wordpiece_dir, "bert", texts["general"])
+    files = {path.name: path.read_bytes() for path in (tmp_path / "base").iterdir()
+             if path.is_file() and path.name in ("config.json", "model.safetensors", "tokenizer.json",
+                                                 "tokenizer_config.json")}
+    with HubServer() as hub:
+        hub.add_model("me/tiny-bert", files)
+        environment = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf"),
+                       "HF_HUB_DISABLE_XET": "1"}
+        for name, text, extra in (("plain", "general", {}), ("extended", "domain", {"tokenizer.extend_vocabulary": 12})):
+            result = subprocess.run([sys.executable, "-m", "sslnlp", "pretrain", *continuation(
+                tmp_path / name, "me/tiny-bert", texts[text], **extra)], env=environment, capture_output=True,
+                text=True, timeout=300)
+            assert result.returncode == 0, result.stderr[-3000:]
+    assert metrics(tmp_path / "plain")[0]["eval_loss"] == pytest.approx(original["eval_loss"], rel=1e-5)
+    record = read_extension(tmp_path / "extended" / "extended-start")
+    assert record["new_tokens"] == 12
+    from transformers import AutoModelForMaskedLM
+
+    start = AutoModelForMaskedLM.from_pretrained(tmp_path / "extended" / "extended-start").get_input_embeddings().weight
+    base = AutoModelForMaskedLM.from_pretrained(tmp_path / "base").get_input_embeddings().weight
+    for new_id, pieces in record["pieces"].items():
+        assert torch.allclose(start[new_id], base[pieces].mean(0), atol=1e-6)
