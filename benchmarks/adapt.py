@@ -169,6 +169,29 @@ def lr_sweep(output: Path, data: dict, general: Path, steps: int, rates: list[fl
               f"{summary['general_eval_loss']:.3f} |", flush=True)
 
 
+def extension_sizes(data: dict, general: Path, sizes: list[int], documents: int = 20000) -> None:
+    """Tokens per word of the domain's held-out text under the general checkpoint's tokenizer extended by each
+    number of entries (learned from the first ``documents`` domain training documents, as the arms do)."""
+    import itertools
+
+    from sslnlp.data.tokenizer import load_tokenizer
+    from sslnlp.data.vocabulary import extend_tokenizer, tokens_per_word
+
+    def texts(path: Path):
+        with open(path) as handle:
+            yield from (json.loads(line)["text"] for line in handle)
+
+    tokenizer = load_tokenizer(str(general))
+    training = list(itertools.islice(texts(data["domain"]), documents))
+    held_out = list(texts(data["domain-valid"]))
+    before = tokens_per_word(tokenizer, held_out)
+    print(f"| new entries | tokens per word, domain held-out (general tokenizer: {before:.3f}) | change |\n|---:|---:|---:|")
+    for size in sizes:
+        extended = extend_tokenizer(tokenizer, training, size, min_frequency=5).tokenizer
+        after = tokens_per_word(extended, held_out)
+        print(f"| {size:,} | {after:.3f} | {100 * (after / before - 1):+.1f}% |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="runs/bench-adapt")
@@ -177,11 +200,16 @@ def main() -> None:
     parser.add_argument("--extension", type=int, default=1024, help="tokenizer.extend_vocabulary of the +vocab arms")
     parser.add_argument("--finetune-seeds", default="[0, 1, 2]")
     parser.add_argument("--lr-sweep", default=None, help="learning rates to compare for DAPT (JSON list); then stop")
+    parser.add_argument("--extension-sizes", default=None, help="tokens per word for these extension sizes (JSON "
+                                                                "list) with the general tokenizer, no training; then stop")
     args = parser.parse_args()
     output = Path(args.output)
     data = split_corpora(output / "data")
     summaries = {"general": pretrain(output / "general", "recipes/cram-cpu.yaml",
                                      *scratch_overrides(data, data["general"], args.general_steps))}
+    if args.extension_sizes:
+        extension_sizes(data, output / "general", json.loads(args.extension_sizes))
+        return
     if args.lr_sweep:
         lr_sweep(output, data, output / "general", args.adapt_steps, json.loads(args.lr_sweep))
         return
