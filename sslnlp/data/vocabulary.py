@@ -71,12 +71,12 @@ def tokenizer_kind(tokenizer) -> str:
     kind = EXTENDABLE_KINDS.get(model["type"])
     if kind is None:
         raise VocabularyError(f"tokenizer.extend_vocabulary: a {model['type']} tokenizer cannot be extended (its "
-                              f"model has no pieces to add to); extend a WordPiece, BPE or Unigram tokenizer, or set "
-                              "tokenizer.extend_vocabulary=0")
+                              f"model has no pieces to add to); extend a WordPiece, BPE or Unigram tokenizer, or leave "
+                              "tokenizer.extend_vocabulary unset")
     if kind == "bpe" and (model.get("continuing_subword_prefix") or model.get("end_of_word_suffix")):
         raise VocabularyError("tokenizer.extend_vocabulary: BPE with a continuing-subword prefix or end-of-word "
-                              "suffix cannot be extended (its merged pieces are not the words' text); set "
-                              "tokenizer.extend_vocabulary=0")
+                              "suffix cannot be extended (its merged pieces are not the words' text); leave "
+                              "tokenizer.extend_vocabulary unset")
     return kind
 
 
@@ -128,8 +128,8 @@ def extend_tokenizer(tokenizer, documents: Iterable[str], new_tokens: int, *, mi
     kind = tokenizer_kind(tokenizer)
     old_size = len(tokenizer)
     if new_tokens < 1:
-        raise VocabularyError(f"tokenizer.extend_vocabulary={new_tokens}: give a number of new tokens >= 1 (0 turns "
-                              "extension off)")
+        raise VocabularyError(f"tokenizer.extend_vocabulary={new_tokens}: give a number of new tokens >= 1 (unset: no "
+                              "extension)")
     if new_tokens > old_size:
         raise VocabularyError(f"tokenizer.extend_vocabulary={new_tokens} exceeds the allowed maximum, the tokenizer's "
                               f"own {old_size} entries (an extension may at most double the vocabulary); ask for fewer")
@@ -161,18 +161,17 @@ def extend_tokenizer(tokenizer, documents: Iterable[str], new_tokens: int, *, mi
     if kind == "unigram":
         if next_id != len(model["vocab"]):
             raise VocabularyError("tokenizer.extend_vocabulary: this Unigram tokenizer has added tokens beyond its "
-                                  "pieces, so new pieces cannot take the next ids; set tokenizer.extend_vocabulary=0")
+                                  "pieces, so new pieces cannot take the next ids; leave tokenizer.extend_vocabulary unset")
         for word in chosen:
             current = piece_ids(tokenizer, word)  # an unknown character is the unk piece (and its score)
             total = sum(model["vocab"][i][1] for i in current)
             model["vocab"].append([word, total / 2])  # above the best segmentation's (negative) sum: Viterbi takes it
             pieces[len(model["vocab"]) - 1] = current
-    else:
+    elif kind == "wordpiece":
         for word in chosen:
-            if kind == "wordpiece":
-                model["vocab"][word] = next_id
-                pieces[next_id] = piece_ids(tokenizer, word)
-                next_id += 1
+            model["vocab"][word] = next_id
+            pieces[next_id] = piece_ids(tokenizer, word)
+            next_id += 1
     if kind == "bpe":
         extended = add_merges(tokenizer, state, chosen, split, pieces, next_id)
     else:

@@ -52,9 +52,8 @@ def with_extended_vocabulary(config: PretrainConfig, accelerator, output_dir: Pa
     if accelerator.is_main_process and not (start / EXTENSION_FILE).is_file():
         model = config.model
         tokenizer = load_tokenizer(model.model_name_or_path, trust_remote_code=model.trust_remote_code)
-        data = config.data  # the domain's text only: neither the replayed text nor a mixture weight
-        domain = build_corpus(dataclasses.replace(data, mixture_weights=[], shuffle_documents=False),
-                              data.train_files, data.dataset_split)
+        data = config.data  # the domain's text only (never the replayed text), in the order training reads it
+        domain = build_corpus(dataclasses.replace(data, mixture_weights=[]), data.train_files, data.dataset_split)
         extension = extend_tokenizer(tokenizer, iter(domain), options.extend_vocabulary,
                                      min_frequency=max(options.min_frequency, 1),
                                      max_documents=options.training_documents)
