@@ -120,19 +120,23 @@ def arms(output: Path, data: dict, general: Path, steps: int, extension: int) ->
 
 
 def evaluate(output: Path, models: dict[str, Path], seeds: list[int]) -> dict:
-    """Probe + kNN for every model (the floor with the general model), fine-tuning for FINETUNED."""
+    """Probe + kNN for every model (the random-weight floor with the general model's probe), fine-tuning (no twin:
+    the same architecture's random-weight fine-tune is in the learning-curves report) for FINETUNED."""
     scores = {}
     for name, model in models.items():
         folder = output / "eval" / name.replace(", ", "-").replace(" ", "-")
-        floor = "true" if name == "general" else "false"
-        if not (folder / "results.json").is_file() or name in FINETUNED and "finetune" not in \
-                json.loads((folder / "results.json").read_text())["tasks"]["wordnet_supersense"]:
-            sslnlp("probe", EVALUATION_RECIPE, f"model_name_or_path={model}", f"random_baseline={floor}",
-                   "--output-dir", folder)
-            if name in FINETUNED:
-                sslnlp("finetune", EVALUATION_RECIPE, f"model_name_or_path={model}", f"random_baseline={floor}",
-                       f"finetune.seeds={json.dumps(seeds)}", "finetune.save_model=false", "--output-dir", folder)
-        scores[name] = json.loads((folder / "results.json").read_text())["tasks"]["wordnet_supersense"]
+        results = folder / "results.json"
+
+        def row() -> dict:
+            return json.loads(results.read_text())["tasks"]["wordnet_supersense"] if results.is_file() else {}
+
+        if "probe" not in row():
+            sslnlp("probe", EVALUATION_RECIPE, f"model_name_or_path={model}",
+                   f"random_baseline={'true' if name == 'general' else 'false'}", "--output-dir", folder)
+        if name in FINETUNED and "finetune" not in row():
+            sslnlp("finetune", EVALUATION_RECIPE, f"model_name_or_path={model}", "random_baseline=false",
+                   f"finetune.seeds={json.dumps(seeds)}", "finetune.save_model=false", "--output-dir", folder)
+        scores[name] = row()
     return scores
 
 
