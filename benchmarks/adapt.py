@@ -33,7 +33,6 @@ import gzip
 import json
 import lzma
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,18 +41,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from curves import sslnlp  # noqa: E402  (one command runner for the benchmarks)
+
 CORPORA = ROOT.parent / "shared" / "corpora"
 EVALUATION_RECIPE = ROOT / "benchmarks" / "recipes" / "evaluate" / "cram-wordnet.yaml"
 TASK_TEXTS = f"data.task_texts={EVALUATION_RECIPE}#wordnet_supersense"
 DOMAIN_SOURCES = {"gcide", "devils_dictionary", "foldoc", "jargon"}
 REPLAY_SHARE = 0.2
 FINETUNED = ("general", "dapt+tapt", "dapt+tapt+vocab", "scratch")
-
-
-def sslnlp(*arguments: str) -> None:
-    command = [sys.executable, "-m", "sslnlp", *map(str, arguments)]
-    print("$", " ".join(command), flush=True)
-    subprocess.run(command, cwd=ROOT, check=True)
 
 
 def split_corpora(folder: Path) -> dict[str, Path]:
@@ -76,6 +73,11 @@ def pretrain(output: Path, recipe: str, *overrides: str) -> dict:
         started = time.perf_counter()
         sslnlp("pretrain", recipe, *overrides, "evaluation.probe_task={}", "--output-dir", output, "--quiet")
         (output / "wall_minutes").write_text(f"{(time.perf_counter() - started) / 60:.2f}")
+    return read_summary(output)
+
+
+def read_summary(output: Path) -> dict:
+    """A finished run's summary.json with its wall minutes."""
     summary = json.loads((output / "summary.json").read_text())
     summary["wall_minutes"] = float((output / "wall_minutes").read_text()) if (output / "wall_minutes").is_file() else None
     return summary
@@ -223,7 +225,7 @@ def main() -> None:
     summaries["scratch"] = pretrain(models["scratch"], "recipes/cram-cpu.yaml",
                                     *scratch_overrides(data, data["domain"], args.general_steps + 2 * args.adapt_steps))
     for name, model in models.items():
-        summaries.setdefault(name, pretrain(model, "unused"))
+        summaries.setdefault(name, read_summary(model))
     scores = evaluate(output, models, json.loads(args.finetune_seeds))
     text = table(models, summaries, scores)
     (output / "adapt.md").write_text(text + "\n")

@@ -52,7 +52,7 @@ PROTOCOLS = {
 
 def sslnlp(*arguments: str) -> None:
     """One sslnlp command in a fresh process (as a user runs it), its output shown."""
-    command = [sys.executable, "-m", "sslnlp", *arguments]
+    command = [sys.executable, "-m", "sslnlp", *map(str, arguments)]
     print("$", " ".join(command), flush=True)
     subprocess.run(command, cwd=ROOT, check=True)
 

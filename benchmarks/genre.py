@@ -30,7 +30,6 @@ import hashlib
 import json
 import os
 import random
-import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -41,7 +40,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from curves import CURVE_PROTOCOL  # noqa: E402  (the fine-tuning protocol chosen by measurement for small sizes)
+from curves import CURVE_PROTOCOL, sslnlp  # noqa: E402  (the small-size fine-tuning protocol; one command runner)
 
 HELD_OUT = ROOT.parent / "shared" / "corpora" / "valid.jsonl.gz"
 RECIPE = ROOT / "benchmarks" / "recipes" / "evaluate" / "genre.yaml"
@@ -91,12 +90,6 @@ def derive(output: Path, seed: int = 0) -> dict[str, dict[str, int]]:
         rng.shuffle(examples)
         (output / f"{split}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in examples))
     return counts
-
-
-def sslnlp(*arguments: str) -> None:
-    command = [sys.executable, "-m", "sslnlp", *arguments]
-    print("$", " ".join(command), flush=True)
-    subprocess.run(command, cwd=ROOT, check=True)
 
 
 def main() -> None:

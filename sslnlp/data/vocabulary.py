@@ -90,18 +90,6 @@ def pre_tokens(tokenizer, text: str) -> list[str]:
     return [piece for piece, _ in backend.pre_tokenizer.pre_tokenize_str(text)]
 
 
-def count_words(tokenizer, documents: Iterable[str]) -> tuple[Counter, int, int, int]:
-    """(pre-token counts, documents, whitespace words, tokens) of the documents under ``tokenizer``."""
-    counts: Counter = Counter()
-    documents_read = words = tokens = 0
-    for text in documents:
-        documents_read += 1
-        words += len(text.split())
-        tokens += len(tokenizer(text, add_special_tokens=False)["input_ids"])
-        counts.update(pre_tokens(tokenizer, text))
-    return counts, documents_read, words, tokens
-
-
 def tokens_per_word(tokenizer, documents: Iterable[str]) -> float:
     """Tokens per whitespace-separated word (the denominator is the same for every tokenizer)."""
     words = tokens = 0
@@ -134,13 +122,15 @@ def extend_tokenizer(tokenizer, documents: Iterable[str], new_tokens: int, *, mi
         raise VocabularyError(f"tokenizer.extend_vocabulary={new_tokens} exceeds the allowed maximum, the tokenizer's "
                               f"own {old_size} entries (an extension may at most double the vocabulary); ask for fewer")
     texts = list(itertools.islice(documents, max_documents)) if max_documents else list(documents)
-    counts, document_count, words, tokens_before = count_words(tokenizer, texts)
+    counts = Counter(word for text in texts for word in pre_tokens(tokenizer, text))
     if not counts:
         raise VocabularyError("tokenizer.extend_vocabulary: the training text yields no words to learn from; check "
                               "data.train_files")
     state = json.loads(tokenizer.backend_tokenizer.to_str())
     model = state["model"]
-    split = {word: model_pieces(tokenizer, word) for word, count in counts.items() if count >= min_frequency}
+    tokens = {word: tokenizer.backend_tokenizer.model.tokenize(word) for word, count in counts.items()
+              if count >= min_frequency}
+    split = {word: [token.value for token in found] for word, found in tokens.items()}
     # Tokens saved per vocabulary entry spent: a BPE word of k pieces costs k - 1 entries (itself and the
     # intermediate pieces of its merges), a WordPiece or Unigram word one.
     def cost(word: str) -> int:
@@ -163,27 +153,27 @@ def extend_tokenizer(tokenizer, documents: Iterable[str], new_tokens: int, *, mi
             raise VocabularyError("tokenizer.extend_vocabulary: this Unigram tokenizer has added tokens beyond its "
                                   "pieces, so new pieces cannot take the next ids; leave tokenizer.extend_vocabulary unset")
         for word in chosen:
-            current = piece_ids(tokenizer, word)  # an unknown character is the unk piece (and its score)
+            current = [token.id for token in tokens[word]]  # an unknown character: the unk piece (and its score)
             total = sum(model["vocab"][i][1] for i in current)
             model["vocab"].append([word, total / 2])  # above the best segmentation's (negative) sum: Viterbi takes it
             pieces[len(model["vocab"]) - 1] = current
     elif kind == "wordpiece":
         for word in chosen:
             model["vocab"][word] = next_id
-            pieces[next_id] = piece_ids(tokenizer, word)
+            pieces[next_id] = [token.id for token in tokens[word]]
             next_id += 1
     if kind == "bpe":
-        extended = add_merges(tokenizer, state, chosen, split, pieces, next_id)
+        extended = add_merges(tokenizer, state, chosen, pieces, next_id)
     else:
         extended = rebuild(tokenizer, state)
     final_vocab = extended.get_vocab()
     kept = [word for word in chosen if word in final_vocab and model_pieces(extended, word) == [word]]
     report_words = [{"token": word, "id": final_vocab[word], "frequency": counts[word], "pieces": split[word]}
                     for word in kept]
-    tokens_after = sum(len(extended(text, add_special_tokens=False)["input_ids"]) for text in texts)
     return Extension(tokenizer=extended, kind=kind, pieces=pieces, words=report_words,
-                     tokens_per_word_before=tokens_before / max(words, 1),
-                     tokens_per_word_after=tokens_after / max(words, 1), documents=document_count, words_seen=words)
+                     tokens_per_word_before=tokens_per_word(tokenizer, texts),
+                     tokens_per_word_after=tokens_per_word(extended, texts), documents=len(texts),
+                     words_seen=sum(len(text.split()) for text in texts))
 
 
 def model_pieces(tokenizer, word: str) -> list[str]:
@@ -196,7 +186,7 @@ def piece_ids(tokenizer, word: str) -> list[int]:
     return [token.id for token in tokenizer.backend_tokenizer.model.tokenize(word)]
 
 
-def add_merges(original, state: dict, chosen: list[str], split: dict, pieces: dict, next_id: int):
+def add_merges(original, state: dict, chosen: list[str], pieces: dict, next_id: int):
     """BPE: merges that join each chosen word's pieces, left to right, after every existing merge; words that a
     competing new merge still splits get merges over their new pieces, up to BPE_MERGE_ROUNDS passes."""
     model = state["model"]

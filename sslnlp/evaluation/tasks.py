@@ -349,6 +349,11 @@ def default_metrics(problem_type: str, num_labels: int, name: str | None = None)
     return ["accuracy", "f1", "matthews_correlation"] if num_labels == 2 else ["accuracy", "macro_f1"]
 
 
+def task_name(task: TaskConfig) -> str:
+    """A task's name: its own, or its train file's (or Hub dataset's) name without suffixes."""
+    return task.name or Path(task.train_file or task.dataset_name or "").name.split(".")[0]
+
+
 def load_task(task: TaskConfig) -> LabelledTask:
     """Load a labelled task's train / validation / test examples.
 
@@ -361,7 +366,7 @@ def load_task(task: TaskConfig) -> LabelledTask:
         a LabelledTask whose splits are lists of ``Example(text, text_pair, label)``.
     """
     task = resolve_task_config(task)
-    name = task.name or Path(task.train_file or task.dataset_name).name.split(".")[0]
+    name = task_name(task)
     # The name becomes a directory and file name under output_dir: it must not be able to point elsewhere.
     if not re.fullmatch(r"[\w][\w.+-]{0,99}", name) or ".." in name:
         raise TaskError(f"task name {name!r} must be a plain name (letters, digits, '_', '-', '.', '+'; no '/' or '..'): "
@@ -444,7 +449,7 @@ def train_texts(task: TaskConfig) -> list[str]:
     split is carved from the train file (``split_ratio``), its share is left out exactly as ``load_task`` leaves it
     out. A pair task gives both texts; a token task its words joined by spaces."""
     task = resolve_task_config(task)
-    name = task.name or Path(task.train_file or task.dataset_name).name.split(".")[0]
+    name = task_name(task)
     columns = {task.text_field: "text_field", **({task.text_pair_field: "text_pair_field"} if task.text_pair_field
                                                  else {})}
     if task.dataset_name:
@@ -481,8 +486,7 @@ def task_texts(reference: str) -> list[str]:
         raise ConfigError(f"data.task_texts={reference!r}: no recipe file {path!r}; give an evaluate recipe (e.g. "
                           "recipes/evaluate/sst2.yaml), optionally with #TASK")
     configs = load_config(EvaluateConfig, path, []).task_configs()
-    names = [config.name or Path(config.train_file or config.dataset_name or "").name.split(".")[0]
-             for config in configs]
+    names = [task_name(config) for config in configs]
     if wanted:
         if wanted not in names:
             raise ConfigError(f"data.task_texts={reference!r}: the recipe has no task {wanted!r} (it has "
