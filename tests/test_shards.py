@@ -13,11 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import textgen
 from conftest import ACCELERATE, tiny_overrides
 
 from sslnlp.config import PretrainConfig, load_config
 from sslnlp.data.corpus import CorpusError, training_and_validation_corpora
+from sslnlp.data.blocks import BlockStream
 from sslnlp.data.packing import BlockLayout, PackedBlocks
 from sslnlp import prepare
 from sslnlp.data.prepared import PreparedBlocks, PreparedData, sha256_file
@@ -63,14 +65,14 @@ def test_prepared_blocks_are_the_streaming_blocks_whatever_the_number_of_process
     for name, corpus in zip(("train", "validation"), training_and_validation_corpora(config.data)):
         split = prepared.split(name)
         ids, starts = streamed_blocks(corpus, tokenizer, layout)  # full blocks only: the tail is dropped
-        read = split.read(0, split.blocks, with_word_starts=True)
+        read = split.take(np.arange(split.blocks), with_word_starts=True)
         assert np.array_equal(read["input_ids"], ids) and np.array_equal(read["word_starts"], starts)
         manifest = one["splits"][name]
         assert manifest["tokens"] == 32 * split.blocks and 0 <= manifest["tail_tokens_dropped"] < 32
     assert one["splits"]["train"]["documents"] == 540 and one["splits"]["validation"]["documents"] == 60
     # an ordinary datasets Arrow file: users inspect shards with the library they know
     shard = datasets.Dataset.from_file(str(tmp_path / "one" / "train" / "shard-00000.arrow"))
-    assert shard[3]["input_ids"] == prepared.split("train").read(3, 4, False)["input_ids"][0].tolist()
+    assert shard[3]["input_ids"] == prepared.split("train").take(np.array([3]), False)["input_ids"][0].tolist()
     assert (tmp_path / "one" / "tokenizer" / "tokenizer.json").is_file()
 
 
@@ -129,23 +131,64 @@ def test_training_reads_only_the_shards_and_resumes_exactly_across_epochs(prepar
     assert (tmp_path / "full" / "model.safetensors").read_bytes() == (tmp_path / "resumed" / "model.safetensors").read_bytes()
 
 
-def test_readers_get_disjoint_contiguous_ranges_and_shuffled_epochs(prepared_dir, wordpiece_dir):
+def global_steps(split, layout, world: int, workers: int, step_blocks: int, steps: int, batch_size: int,
+                 collate=None, states=None) -> tuple[list[list], list]:
+    """Per step, every rank's micro-batches in rank order (``batch_size`` blocks each) of a ``world``-process read of the
+    split (``step_blocks`` per rank per step), and the ranks' stream states after it. ``states``: every rank's saved
+    stream state of another layout, resumed through ``resume_state`` as the loop does."""
+    streams = []
+    for rank in range(world):
+        dataset = PreparedBlocks(split, layout=layout, rank=rank, world_size=world, num_workers=workers,
+                                 step_blocks=step_blocks, shuffle=True, window=48, seed=3)
+        stream = BlockStream(dataset, batch_size, collate, num_workers=workers, shuffle_buffer_size=64, seed=5)
+        if states is not None:
+            stream.load_state_dict(dataset.resume_state(states)[0])
+        streams.append((stream, iter(stream)))
+    batches = [[next(iterator) for _, iterator in streams for _ in range(step_blocks // batch_size)]
+               for _ in range(steps)]
+    return batches, [stream.state_dict() for stream, _ in streams]
+
+
+def block_ids(split, batches) -> list[list[int]]:
+    every = split.take(np.arange(split.blocks), with_word_starts=False)["input_ids"]
+    index = {row.tobytes(): block for block, row in enumerate(every)}
+    assert len(index) == split.blocks  # every block's tokens differ: its id is recoverable from its row
+    return [[index[row.numpy().astype(np.int32).tobytes()] for batch in step for row in batch["input_ids"]]
+            for step in batches]
+
+
+def test_every_step_reads_the_same_blocks_whatever_the_number_of_processes_and_workers(prepared_dir, wordpiece_dir):
+    """A step's blocks (16 a step) and their masks do not depend on the processes (1, 2, 4) or data workers that read
+    them; each epoch visits every block once, in another order; a read stopped on 2 processes and resumed on 1
+    (workers 2 -> 0) or 4 continues with exactly the blocks and masks of the uninterrupted read."""
+    from sslnlp.data.masking import MaskedLanguageModelingCollator
+
     tokenizer = load_tokenizer(wordpiece_dir)
     split = PreparedData(prepared_dir).split("train")
     layout = BlockLayout.encoder(tokenizer)
-    seen = []
-    for rank in range(2):
-        dataset = PreparedBlocks(split, layout=layout, rank=rank, world_size=2, num_workers=2, shuffle=True, seed=3)
-        for shard in dataset.shards_of_rank():
-            start, stop = dataset.block_range(shard)
-            seen.append(np.arange(start, stop))
-            first, second = dataset.chunk_order(shard, 0), dataset.chunk_order(shard, 1)
-            assert sorted(first) == sorted(second) == list(range(len(first))) and list(first) != list(second)
-    seen = np.concatenate(seen)
-    assert np.array_equal(np.sort(seen), np.arange(split.blocks))  # every block once: disjoint and complete
+    steps = -(-2 * split.blocks // 16) + 1  # past two epochs
+    reference, _ = global_steps(split, layout, 1, 0, 16, steps, 16)
+    ids = [block for step in block_ids(split, reference) for block in step]
+    first, second = ids[:split.blocks], ids[split.blocks:2 * split.blocks]
+    assert sorted(first) == sorted(second) == list(range(split.blocks)) and first != second
+    for world, workers in ((2, 0), (4, 1), (2, 2)):
+        batches, _ = global_steps(split, layout, world, workers, 16 // world, 12, 16 // world)
+        assert block_ids(split, batches) == block_ids(split, reference[:12]), (world, workers)
+
+    def masking():
+        return MaskedLanguageModelingCollator.from_tokenizer(tokenizer, seed=0)
+
+    whole, _ = global_steps(split, layout, 1, 0, 16, 10, 4, collate=masking())
+    before, states = global_steps(split, layout, 2, 2, 8, 4, 4, collate=masking())
+    for world, workers in ((1, 0), (4, 0)):
+        after, _ = global_steps(split, layout, world, workers, 16 // world, 6, 4, collate=masking(), states=states)
+        assert len(before + after) == len(whole)
+        for got, expected in zip(before + after, whole):
+            assert all(torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["labels"], b["labels"])
+                       for a, b in zip(got, expected)), (world, workers)
 
 
-def test_a_two_process_launch_splits_the_shards_between_ranks(prepared_dir, wordpiece_dir, tmp_path):
+def test_a_two_process_launch_shares_each_step_between_ranks(prepared_dir, wordpiece_dir, tmp_path):
     output_dir = tmp_path / "two"
     arguments = [ACCELERATE, "launch", "--config_file", str(REPO / "recipes" / "accelerate" / "cpu-2proc.yaml"),
                  "--multi_gpu", "-m", "sslnlp", "pretrain",
@@ -157,12 +200,9 @@ def test_a_two_process_launch_splits_the_shards_between_ranks(prepared_dir, word
     assert json.loads((output_dir / "summary.json").read_text())["world_size"] == 2
     checkpoint = output_dir / "checkpoints" / "checkpoint-00000012"
     states = [json.loads((checkpoint / f"rank_state_{rank}.json").read_text())["data"] for rank in (0, 1)]
-    assert [sorted(state["shard_states"]) for state in states] == [["0"], ["1"]]
-    split = PreparedData(prepared_dir).split("train")
-    ranges = [PreparedBlocks(split, layout=BlockLayout.encoder(load_tokenizer(wordpiece_dir)), rank=rank,
-                             world_size=2).block_range(rank) for rank in (0, 1)]
-    assert ranges[0][1] == ranges[1][0] and ranges[1][1] == split.blocks
-    assert all(state["blocks_consumed"] >= 12 * 8 for state in states)
+    # one position for the whole run: 12 steps of 2 x 8 blocks, each rank its own 8 of every step
+    assert [state["shard_states"]["0"]["position"] for state in states] == [12 * 16, 12 * 16]
+    assert all(state["blocks_consumed"] == 12 * 8 for state in states)
 
 
 def test_reading_keeps_memory_flat_in_corpus_size(wordpiece_dir, tmp_path):

@@ -76,6 +76,13 @@ class Corpus:
         """The ``start`` of epoch ``epoch`` (0, 1, ...): None (the beginning) unless the order changes per epoch."""
         return None
 
+    def records_before(self, position: dict | None) -> int:
+        """How many records of its epoch come before ``position`` (one this corpus yielded; None: the start). Record
+        ``i`` belongs to shard ``i mod shard_count``, so this places every shard's position on one line."""
+        if not position:
+            return 0
+        return int(position["record"] if "record" in position else position["index"])
+
     def fingerprint(self) -> dict:
         """What identifies the text this corpus reads (JSON-able): recorded by a run and compared on resume."""
         return {"kind": type(self).__name__, "name": self.name}

@@ -117,6 +117,12 @@ class BlockPacker:
     def state(self) -> dict:
         return {"carry_ids": self.carry_ids.tolist(), "carry_starts": self.carry_starts.tolist()}
 
+    @staticmethod
+    def merged_state(states: list[dict]) -> dict:
+        """One packer's state carrying the tokens of several (resumed on fewer shards): their carry-overs in turn."""
+        return {"carry_ids": [token for state in states for token in state["carry_ids"]],
+                "carry_starts": [start for state in states for start in state["carry_starts"]]}
+
     def load_state(self, state: dict) -> None:
         self.carry_ids = np.asarray(state["carry_ids"], dtype=np.int32)
         self.carry_starts = np.asarray(state["carry_starts"], dtype=bool)
@@ -216,6 +222,46 @@ class CorpusBlocks(BlockSource):
         last = self.last_rows(packer)
         if last is not None:
             yield {"shard": shard, "state": None, **last}
+
+
+    def resume_state(self, saved: list[dict]) -> tuple[dict, dict]:
+        """On other shards (another number of processes or workers): every new shard continues from the furthest
+        saved position, so no document is read twice, and what was read but not yet trained on is handed over: the
+        blocks waiting in the saved shuffle buffers (dealt out to the new ranks in turn) and the tokens in the
+        packers' carry-over (old shard i's to new shard i mod the new count). What is lost is counted, not guessed:
+        the records between each slower shard's position and the furthest one (counted within one epoch; a shard an
+        epoch behind is named instead)."""
+        old_count = saved[0]["shard_count"]
+        if old_count == self.shard_count:
+            return super().resume_state(saved)
+        states = {int(shard): state for rank_state in saved for shard, state in rank_state["shard_states"].items()}
+        places = {shard: (states[shard]["epoch"], self.corpus.records_before(states[shard]["position"]))
+                  if states.get(shard) else (0, 0) for shard in range(old_count)}
+        furthest = max(places, key=lambda shard: places[shard])
+        epoch, record = places[furthest]
+
+        def records_of(shard: int, before: int) -> int:  # records i < before with i mod old_count == shard
+            return max(0, (before - shard + old_count - 1) // old_count)
+
+        skipped = sum(records_of(shard, record) - records_of(shard, done) for shard, (at, done) in places.items()
+                      if at == epoch)
+        shard_states = {}
+        for shard in self.shards_of_rank():
+            carried = [states[old]["packer"] for old in sorted(states) if states[old] and old % self.shard_count == shard]
+            shard_states[str(shard)] = ({"epoch": epoch, "position": states[furthest]["position"],
+                                         "packer": self.new_packer().merged_state(carried)}
+                                        if states.get(furthest) else None)
+        buffered = [block for rank_state in saved for block in rank_state["buffer"]]
+        state = {"shard_states": shard_states, "chunks_consumed": 0, "blocks_consumed": 0,
+                 "buffer": buffered[self.rank::self.world_size], "shard_count": self.shard_count}
+        if self.rank < len(saved):
+            state["rng"] = saved[self.rank]["rng"]
+        report = {"data": "streaming", "exact": False, "epoch": epoch, "record": record, "records_skipped": skipped,
+                  "shards_an_epoch_behind": sorted(shard for shard, (at, _) in places.items() if at != epoch),
+                  "blocks_handed_over": len(buffered),
+                  "tokens_handed_over": sum(len((shard_state or {}).get("packer", {}).get("carry_ids", []))
+                                            for shard_state in states.values())}
+        return state, report
 
 
 class PackedBlocks(CorpusBlocks):

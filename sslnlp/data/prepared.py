@@ -15,18 +15,18 @@ Layout of a prepared directory (Arrow IPC stream files, the format of Hugging Fa
     ...                        word_starts (uint8, when the objective masks whole words)
     validation/...         the held-out documents (data.validation_files or data.validation_holdout_every), packed
 
-Reading (``PreparedBlocks``, a ``BlockSource`` like the streaming ``PackedBlocks``): the split's blocks are divided into one
-contiguous range per (rank x DataLoader worker), so ranks read disjoint blocks and touch few shard files; each
-range is read in chunks of ``CHUNK_BLOCKS`` blocks, memory-mapped (memory stays flat in corpus size), in a seeded
-order reshuffled every epoch when ``data.shuffle_documents`` is set. The position (epoch, chunks read) is all a resume
-needs: nothing is read again. A remote location (any fsspec URL: ``s3://``, ``gs://``, ``hf://datasets/...``) is
-read through fsspec, each rank fetching only the shard files of its range into a local cache (``SSLNLP_CACHE``,
-default ``~/.cache/sslnlp``), checked against the manifest's sha256.
+Reading (``PreparedBlocks``, a ``BlockSource`` like the streaming ``PackedBlocks``): one global order of the split's
+blocks per epoch (chunks of ``CHUNK_BLOCKS`` stored blocks in a seeded order when ``data.shuffle_documents`` is set,
+then windows of ``data.shuffle_buffer_size`` blocks permuted), cut into optimizer steps; ranks take disjoint slices
+of each step, so the blocks of a step do not depend on the number of processes or workers and a run resumes on any
+number of them reading exactly what the uninterrupted run would have read. Blocks are taken from the memory-mapped
+shards (memory stays flat in corpus size). A remote location (any fsspec URL: ``s3://``, ``gs://``,
+``hf://datasets/...``) is read through fsspec, each shard file fetched once into a local cache (``SSLNLP_CACHE``,
+default ``~/.cache/sslnlp``) and checked against the manifest's sha256.
 """
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import json
 import logging
@@ -35,6 +35,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+
+import torch
 
 from sslnlp.data.blocks import BlockSource
 from sslnlp.data.corpus import CorpusError
@@ -235,70 +237,133 @@ class PreparedSplit:
             self._tables[index] = table
         return self._tables[index]
 
-    def read(self, start: int, stop: int, with_word_starts: bool) -> dict:
-        """Blocks [start, stop): {"input_ids": int32 [n, L], "word_starts": bool [n, L] (when asked)}."""
-        pieces = collections.defaultdict(list)
-        shard = int(np.searchsorted(self.ends, start, side="right"))
-        while start < stop:
+    def take(self, ids: np.ndarray, with_word_starts: bool) -> dict:
+        """Blocks by global index, in the order given: {"input_ids": int32 [n, L], "word_starts": bool [n, L] (when
+        asked)}. Only the rows taken are copied out of the memory-mapped shards."""
+        import pyarrow as pa
+
+        columns = ["input_ids"] + (["word_starts"] if with_word_starts else [])
+        pieces = {column: [] for column in columns}
+        sorted_ids = np.sort(ids)
+        shards = np.searchsorted(self.ends, sorted_ids, side="right")
+        for shard in np.unique(shards):
             first = int(self.ends[shard - 1]) if shard else 0
-            take = min(stop, int(self.ends[shard])) - start
-            table = self._table(shard).slice(start - first, take)
-            columns = ["input_ids"] + (["word_starts"] if with_word_starts else [])
+            table = self._table(int(shard)).take(pa.array(sorted_ids[shards == shard] - first))
             for column in columns:
                 values = table.column(column).combine_chunks()
-                length = values.type.list_size
-                pieces[column].append(values.values.to_numpy().reshape(-1, length))
-            start += take
-            shard += 1
-        chunk = {"input_ids": np.concatenate(pieces["input_ids"]).astype(np.int32)}
+                pieces[column].append(values.flatten().to_numpy().reshape(-1, values.type.list_size))
+        back = np.argsort(np.argsort(ids, kind="stable"), kind="stable")  # sorted order -> the order asked for
+        chunk = {"input_ids": np.concatenate(pieces["input_ids"]).astype(np.int32)[back]}
         if with_word_starts:
-            chunk["word_starts"] = np.concatenate(pieces["word_starts"]).astype(bool)
+            chunk["word_starts"] = np.concatenate(pieces["word_starts"]).astype(bool)[back]
         return chunk
 
 
 class PreparedBlocks(BlockSource):
-    """Chunks of prepared blocks for this rank: one contiguous range of the split's blocks per (rank x worker).
+    """Prepared blocks in one global order that does not depend on the number of processes or workers.
+
+    The split is read as an endless stream of positions 0, 1, 2, ...; epoch ``e`` (positions ``e*N .. e*N+N-1``)
+    visits the N blocks in ``epoch_order(e)``: chunks of ``CHUNK_BLOCKS`` stored blocks in a seeded order reshuffled
+    every epoch (``shuffle``), then the blocks of every window of ``window`` positions permuted (a shuffle buffer
+    without state). Every optimizer step takes the next ``step_blocks x world_size`` positions: rank ``r`` reads the
+    r-th slice of ``step_blocks``, and DataLoader worker ``w`` of ``n`` every n-th step (the loader's round robin
+    hands them over in order). So the blocks of step k, and their split into micro-batches of a given size, are the
+    same whatever the number of processes and workers: the position reached is all a resume needs, on any number
+    of processes. Every block carries its ``position``, from which the masks of its micro-batch are drawn.
 
     Args:
         split: the PreparedSplit to read.
         layout: the run's BlockLayout (word starts are read only when it wants them).
         rank, world_size, num_workers: as for every ``BlockSource``.
-        shuffle: visit the range's chunks in a seeded order, reshuffled every epoch (else stored order).
-        seed: that order's seed.
-        repeat: start a new epoch at the end of the range (training); False reads it once (evaluation).
+        step_blocks: blocks this rank takes per optimizer step (per-device batch x gradient accumulation).
+        shuffle: visit the chunks in a seeded order, reshuffled every epoch (else stored order).
+        window: positions permuted together (``data.shuffle_buffer_size``; 0 or 1: none).
+        seed: the order's seed.
+        repeat: epochs without end (training); False reads the split once, in order (evaluation).
     """
 
+    global_order = True  # BlockStream adds no shuffle of its own: the order is already the same for every layout
+
     def __init__(self, split: PreparedSplit, *, layout: BlockLayout, rank: int = 0, world_size: int = 1,
-                 num_workers: int = 0, shuffle: bool = False, seed: int = 0, repeat: bool = True):
+                 num_workers: int = 0, step_blocks: int = CHUNK_BLOCKS, shuffle: bool = False, window: int = 0,
+                 seed: int = 0, repeat: bool = True):
         super().__init__(layout=layout, rank=rank, world_size=world_size, num_workers=num_workers)
         self.split = split
-        self.shuffle, self.seed, self.repeat = shuffle, seed, repeat
-        if split.blocks < self.shard_count:
-            raise CorpusError(f"{split.data.location} has {split.blocks} {split.name} blocks, fewer than the "
-                              f"{self.shard_count} readers (ranks x data.num_workers); prepare more text or use fewer")
+        self.step_blocks = step_blocks
+        self.shuffle, self.window, self.seed, self.repeat = shuffle, window, seed, repeat
+        self._order: tuple[int, np.ndarray] | None = None
+        if split.blocks < step_blocks * world_size:
+            raise CorpusError(f"{split.data.location} has {split.blocks} {split.name} blocks, fewer than one step's "
+                              f"{step_blocks * world_size} (per-device batch x gradient accumulation x processes); "
+                              "prepare more text or use a smaller batch")
 
-    def block_range(self, shard: int) -> tuple[int, int]:
-        """The blocks [start, stop) of one reader: contiguous, disjoint, sizes differing by at most one."""
-        return shard * self.split.blocks // self.shard_count, (shard + 1) * self.split.blocks // self.shard_count
+    def __getstate__(self):  # DataLoader workers rebuild the order themselves
+        return {**self.__dict__, "_order": None}
 
-    def chunk_order(self, shard: int, epoch: int) -> np.ndarray:
-        start, stop = self.block_range(shard)
-        count = -(-(stop - start) // CHUNK_BLOCKS)
-        if not self.shuffle:
-            return np.arange(count)
-        return np.random.default_rng([self.seed, epoch, shard]).permutation(count)
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """The block ids in the order epoch ``epoch`` visits them."""
+        if self._order is not None and self._order[0] == epoch:
+            return self._order[1]
+        order = np.arange(self.split.blocks)
+        rng = np.random.default_rng([self.seed, epoch])
+        if self.shuffle:
+            chunks = rng.permutation(-(-len(order) // CHUNK_BLOCKS))
+            order = np.concatenate([order[chunk * CHUNK_BLOCKS:(chunk + 1) * CHUNK_BLOCKS] for chunk in chunks])
+        if self.window > 1:
+            for start in range(0, len(order), self.window):
+                window = order[start:start + self.window]
+                window[:] = window[rng.permutation(len(window))]
+        self._order = (epoch, order)
+        return order
+
+    def blocks_at(self, first: int, count: int) -> tuple[np.ndarray, int] | None:
+        """(block ids, epoch) of the positions [first, first + count), or None past the end of a single pass."""
+        blocks = self.split.blocks
+        positions = np.arange(first, first + count)
+        if not self.repeat:
+            positions = positions[positions < blocks]
+            if not len(positions):
+                return None
+        epochs = positions // blocks
+        ids = np.empty(len(positions), dtype=np.int64)
+        for epoch in np.unique(epochs):  # a step may straddle two epochs
+            ids[epochs == epoch] = self.epoch_order(int(epoch))[positions[epochs == epoch] % blocks]
+        return ids, int(epochs[-1])
+
+    def __iter__(self) -> Iterator[dict]:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        return self.iter_steps(worker, workers, (self.shard_states.get(0) or {}).get("position", 0))
 
     def iter_shard(self, shard: int, state: dict | None = None) -> Iterator[dict]:
-        start, stop = self.block_range(shard)
-        epoch, position = (state["epoch"], state["position"]) if state else (0, 0)
+        """All steps from ``state`` on, read in this process (no DataLoader workers)."""
+        return self.iter_steps(0, 1, (state or {}).get("position", 0))
+
+    def iter_steps(self, worker: int, workers: int, start: int) -> Iterator[dict]:
+        """This rank's slice of every ``workers``-th step from ``start`` (a position at a step boundary) on: one chunk
+        per step, its state the position after the whole step (every rank's slices)."""
+        step = self.step_blocks * self.world_size
+        first = start + worker * step
         while True:
-            order = self.chunk_order(shard, epoch)
-            for index in range(position, len(order)):
-                first = start + int(order[index]) * CHUNK_BLOCKS
-                chunk = self.split.read(first, min(first + CHUNK_BLOCKS, stop), self.layout.word_starts)
-                chunk["shard"] = shard
-                chunk["state"] = {"epoch": epoch, "position": index + 1}
-                yield chunk
-            if not self.repeat:
+            found = self.blocks_at(first + self.rank * self.step_blocks, self.step_blocks)
+            if found is None:
                 return
-            epoch, position = epoch + 1, 0
+            ids, epoch = found
+            chunk = self.split.take(ids, self.layout.word_starts)
+            chunk["position"] = np.arange(first + self.rank * self.step_blocks,
+                                          first + self.rank * self.step_blocks + len(ids))
+            chunk["shard"] = 0
+            chunk["state"] = {"position": first + step, "epoch": epoch}
+            yield chunk
+            first += workers * step
+
+    def resume_state(self, saved: list[dict]) -> tuple[dict, dict]:
+        """Any number of processes and workers resumes at the position the saved run reached: every rank's state
+        holds it, and the global order does not depend on who reads it."""
+        state = dict(saved[0])
+        if state.get("buffer"):
+            raise ValueError("the saved data position is inside a step (blocks still buffered); resume with the "
+                             "same number of processes and data.num_workers")
+        position = (state["shard_states"].get("0") or {}).get("position", 0)
+        return {**state, "shard_count": self.shard_count}, {"data": "prepared", "exact": True,
+                                                            "position": position}

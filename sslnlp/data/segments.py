@@ -96,6 +96,10 @@ class SegmentPacker:
     def state(self) -> dict:
         return {}
 
+    @staticmethod
+    def merged_state(states: list[dict]) -> dict:
+        return {}
+
     def load_state(self, state: dict) -> None:
         pass
 

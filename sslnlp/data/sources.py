@@ -9,7 +9,7 @@ import dataclasses
 from sslnlp.data.blocks import BlockSource
 from sslnlp.data.corpus import CorpusError, build_corpus, training_and_validation_corpora
 from sslnlp.data.packing import BlockLayout, PackedBlocks
-from sslnlp.data.prepared import PreparedBlocks, PreparedData, PreparedSplit, check_not_half_prepared, is_prepared
+from sslnlp.data.prepared import CHUNK_BLOCKS, PreparedBlocks, PreparedData, PreparedSplit, check_not_half_prepared, is_prepared
 from sslnlp.data.segments import SegmentBlocks, SegmentLayout
 
 
@@ -39,7 +39,7 @@ def bundled_tokenizer(source) -> str | None:
 
 
 def block_source(source, data, layout, tokenizer, *, rank: int = 0, world_size: int = 1, num_workers: int = 0,
-                 repeat: bool = True) -> BlockSource:
+                 step_blocks: int = CHUNK_BLOCKS, repeat: bool = True) -> BlockSource:
     """The blocks of ``source`` for one rank, in the objective's ``layout``.
 
     Args:
@@ -48,12 +48,14 @@ def block_source(source, data, layout, tokenizer, *, rank: int = 0, world_size: 
         layout: a BlockLayout (packed blocks) or a SegmentLayout (segments, from text only).
         tokenizer: the run's tokenizer (a prepared split checks it made the blocks).
         rank, world_size, num_workers: this process's place; a shard per (rank x worker).
+        step_blocks: blocks this rank takes per optimizer step (prepared blocks are read a step at a time).
         repeat: epochs without end (training) or one pass (evaluation).
     """
     if isinstance(source, PreparedSplit):
         source.data.check(tokenizer, layout, data.max_seq_length)
         return PreparedBlocks(source, layout=layout, rank=rank, world_size=world_size, num_workers=num_workers,
-                              shuffle=data.shuffle_documents and repeat, seed=data.seed, repeat=repeat)
+                              step_blocks=step_blocks, shuffle=data.shuffle_documents and repeat,
+                              window=data.shuffle_buffer_size if repeat else 0, seed=data.seed, repeat=repeat)
     kind = {BlockLayout: PackedBlocks, SegmentLayout: SegmentBlocks}[type(layout)]
     return kind(source, tokenizer, data.max_seq_length, layout=layout, rank=rank, world_size=world_size,
                 num_workers=num_workers, documents_per_batch=data.documents_per_batch, repeat=repeat)

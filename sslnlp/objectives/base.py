@@ -53,6 +53,8 @@ class Objective:
         encoder: the tokenizer needs a mask token and [CLS]/[SEP] around sequences (False: a decoder's tokenizer).
         pipeline_tag: the Hub pipeline tag of the exported model ("fill-mask", "text-generation", ...).
         reports_perplexity: evaluation also reports exp(loss) (language-modelling objectives).
+        contrasts_across_ranks: the loss of a micro-batch compares it with every process's micro-batch (in-batch
+            negatives gathered from all ranks): a resume on another number of processes keeps that set of examples.
         is_default: what a config without ``objective.name`` trains (the built-in masked LM).
     """
 
@@ -62,6 +64,7 @@ class Objective:
     encoder: ClassVar[bool] = True
     pipeline_tag: ClassVar[str] = "feature-extraction"
     reports_perplexity: ClassVar[bool] = False
+    contrasts_across_ranks = False
     train_metrics: ClassVar[bool] = False  # compute ``metrics`` during training too and log them every window
     supports_attention_within_documents: ClassVar[bool] = False  # see the module docstring
     data_options = None  # the run's DataConfig (set by build_objective; None: the defaults)

@@ -207,6 +207,10 @@ class SimCSE(Objective):
         self.sparse_head: SparseMaskedLMHead | None = None  # the shared pass's head (build_model)
         self.model_dropout: dict[str, float] = {}  # the model's own dropout values, restored in the export
 
+    @property
+    def contrasts_across_ranks(self) -> bool:
+        return self.config.gather_across_ranks
+
     def weights(self) -> dict[str, float]:
         terms = {"contrastive": self.config.contrastive_weight}
         if self.config.mlm_weight > 0:

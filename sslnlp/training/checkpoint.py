@@ -5,13 +5,16 @@ A checkpoint is a directory ``OUTPUT_DIR/checkpoints/checkpoint-00000100`` holdi
 - what ``accelerator.save_state`` writes (model as safetensors, optimizer, RNG states of every rank; under FSDP the
   sharded model and optimizer: ``pytorch_model_fsdp_0/`` and ``optimizer_0/``, one ``.distcp`` file per rank),
 - ``rank_state_R.json`` per rank (data-stream position, shuffle buffer, mask generator),
-- ``loop_state.json`` (step, tokens seen, elapsed time, ...), written last.
+- ``loop_state.json`` (step, tokens seen, elapsed time, the layout that wrote it, the checkpoint format, the size of
+  every file above), written last.
 
 It is written under a temporary name and renamed into place only when complete, so a crash mid-save leaves at
 worst a ``.tmp-*`` directory that is never picked up; ``find_latest_checkpoint`` only accepts directories with
 ``loop_state.json``. Under FSDP every rank writes its shard files into the same temporary directory; the rename
 waits for all of them (an all-reduce after the writes). A checkpoint resumes only with the engine that wrote its
-layout and the same number of processes (``check_checkpoint_layout``).
+layout (``check_checkpoint_layout``), on any number of processes where that engine allows (``sslnlp.training.elastic``).
+A checkpoint of another format, or with a file whose size is not the recorded one (truncated, copied in part), is
+refused in one line before anything is loaded.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ from pathlib import Path
 from safetensors import SafetensorError
 
 from sslnlp.files import LOOP_STATE, checkpoints_root, find_latest_checkpoint, fsync_path, list_checkpoints, write_json_atomic
+
+CHECKPOINT_FORMAT = 2  # 2: data positions of prepared shards are global (any number of processes); layout recorded
+
 
 def resolve_resume(resume_from_checkpoint: str | None, output_dir: str | Path) -> Path | None:
     """'auto' -> newest complete checkpoint (or None); a path -> that checkpoint, which must be complete."""
@@ -90,6 +96,9 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, loop_state: 
         raise
     if accelerator.is_main_process:
         try:
+            files = {str(file.relative_to(temporary)): file.stat().st_size for file in sorted(temporary.rglob("*"))
+                     if file.is_file()}
+            loop_state = {**loop_state, "format": CHECKPOINT_FORMAT, "files": files}
             write_json_atomic(temporary / LOOP_STATE, loop_state, durable=True)
             fsync_path(temporary)
             if final.exists():  # the same step saved again (resume then immediate save): replace it whole
@@ -139,26 +148,74 @@ def running_layout(accelerator) -> str:
     return "DeepSpeed" if engine == "DEEPSPEED" else "data parallel"
 
 
+def read_loop_state(path: Path) -> dict:
+    """The checkpoint's loop state, refused in one line when another checkpoint format wrote it."""
+    loop_state = json.loads((path / LOOP_STATE).read_text())
+    written = loop_state.get("format", 1)
+    if written != CHECKPOINT_FORMAT:
+        version = ((loop_state.get("provenance") or {}).get("versions") or {}).get("sslnlp") or "an older version"
+        raise ValueError(f"{path} was written by sslnlp {version} (checkpoint format {written}); this sslnlp reads "
+                         f"format {CHECKPOINT_FORMAT}: resume it with sslnlp {version}, or start a new output_dir")
+    return loop_state
+
+
 def check_checkpoint_layout(accelerator, path: Path) -> None:
     """Refuse, with one line and before loading anything, a checkpoint that another engine wrote (a sharded FSDP
-    checkpoint resumed by data parallel, or the reverse) or another number of processes: its shards, optimizer
-    state and per-rank data positions would not fit this run."""
+    checkpoint resumed by data parallel, or the reverse): its shards and optimizer state would not fit this run."""
     written, running = checkpoint_layout(path), running_layout(accelerator)
     if written != running:
         raise ValueError(f"{path} was written by {written} but this run is {running} "
                          f"({accelerator.distributed_type.name}); resume it with the launch config that wrote it")
-    ranks = len(list(path.glob("rank_state_*.json")))
-    if ranks and ranks != accelerator.num_processes:
-        raise ValueError(f"{path} was written by {ranks} process(es) but this run has {accelerator.num_processes}; "
-                         "resume with the same number of processes")
 
 
-def load_checkpoint(accelerator, path: Path) -> tuple[dict, dict]:
-    """Restore model / optimizer / RNG through Accelerate; return (loop_state, this rank's state)."""
+def check_checkpoint_files(path: Path, loop_state: dict) -> None:
+    """Refuse, naming the file, a checkpoint with a file missing or of another size than when it was written (a
+    truncated copy, a damaged disk): loading it would fail deep inside torch, or worse, not fail."""
+    for name, size in loop_state.get("files", {}).items():
+        file = path / name
+        found = file.stat().st_size if file.is_file() else None
+        if found != size:
+            state = "is missing" if found is None else f"has {found:,} bytes where {size:,} were written"
+            earlier = [str(p) for _, p in list_checkpoints(path.parent.parent) if p != path][-1:]
+            raise ValueError(f"{file} {state}: the checkpoint is damaged; resume from "
+                             f"{earlier[0] if earlier else 'an earlier checkpoint'} (training.resume_from_checkpoint="
+                             "PATH), or copy the checkpoint again whole")
+
+
+def adopt_random_state(accelerator, path: Path) -> None:
+    """A process new to the run (resumed on more processes) takes rank 0's saved random state: every rank of a run
+    starts from the same seed, so it is the state this rank would have had."""
+    import random
+
+    import numpy as np
+    import torch
+
+    if (path / f"random_states_{accelerator.process_index}.pkl").is_file() or not (path / "random_states_0.pkl").is_file():
+        return
+    states = torch.load(path / "random_states_0.pkl", weights_only=False)
+    random.setstate(states["random_state"])
+    np.random.set_state(states["numpy_random_seed"])
+    torch.set_rng_state(states["torch_manual_seed"])
+    if accelerator.device.type == "cuda" and "torch_cuda_manual_seed" in states:
+        torch.cuda.set_rng_state(states["torch_cuda_manual_seed"][0], accelerator.device)
+
+
+def load_checkpoint(accelerator, path: Path, every_rank: bool = False) -> tuple[dict, list[dict]]:
+    """Restore model / optimizer / RNG through Accelerate; return (loop_state, rank states): this rank's alone, or
+    (``every_rank``, a resume on another layout) those of every rank that wrote the checkpoint, in rank order."""
     check_checkpoint_layout(accelerator, path)
-    accelerator.load_state(str(path))
-    loop_state = json.loads((path / LOOP_STATE).read_text())
-    rank_file = path / f"rank_state_{accelerator.process_index}.json"
-    if not rank_file.is_file():
-        raise ValueError(f"{path} has no state for rank {accelerator.process_index}; resume with the same number of processes")
-    return loop_state, json.loads(rank_file.read_text())
+    loop_state = read_loop_state(path)
+    check_checkpoint_files(path, loop_state)
+    try:
+        accelerator.load_state(str(path))
+    except Exception as error:  # noqa: BLE001 - safetensors, pickle or torch.distributed.checkpoint: one line
+        text = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{path} cannot be loaded into this run ({type(error).__name__}: {text}); with the model "
+                         "settings it was trained with, the checkpoint is damaged: resume from an earlier one "
+                         "(training.resume_from_checkpoint=PATH)") from None
+    adopt_random_state(accelerator, path)
+    ranks = sorted(int(file.stem.rsplit("_", 1)[1]) for file in path.glob("rank_state_*.json"))
+    wanted = ranks if every_rank else [accelerator.process_index]
+    if not every_rank and accelerator.process_index not in ranks:
+        raise ValueError(f"{path} has no state for rank {accelerator.process_index}; the checkpoint is damaged")
+    return loop_state, [json.loads((path / f"rank_state_{rank}.json").read_text()) for rank in wanted]

@@ -25,7 +25,8 @@ import torch
 import yaml
 
 from sslnlp.files import ensure_writable, find_latest_checkpoint
-from sslnlp.training.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from sslnlp.training.checkpoint import checkpoint_layout, load_checkpoint, read_loop_state, resolve_resume, save_checkpoint
+from sslnlp.training.elastic import announce, current_layout, plan_resize
 from sslnlp.config import PretrainConfig, to_dict
 from sslnlp.console import Progress, run_log, set_up_console, without_tied_weight_warnings
 from sslnlp.data.corpus import CorpusError
@@ -215,6 +216,11 @@ def set_up(config: PretrainConfig, accelerator) -> Run:
     check_one_shot(config, train_corpus, output_dir, resume)
     config = with_extended_vocabulary(config, accelerator, output_dir)
     objective = build_objective(config.objective, config.model, config.data)
+    resize = None
+    if resume is not None:  # on another number of processes or workers: the batch that keeps the global one
+        config, resize = plan_resize(resume, read_loop_state(resume)["layout"], config, accelerator.num_processes,
+                                     checkpoint_layout(resume), objective)
+        training = config.training
     tokenizer = prepare_tokenizer(config, objective, train_corpus, accelerator, output_dir)
     model_config = build_model_config(config.model, tokenizer, data.max_seq_length)
     objective.check_model_config(model_config)
@@ -223,7 +229,8 @@ def set_up(config: PretrainConfig, accelerator) -> Run:
     collator = objective.build_collator(tokenizer, seed=training.seed + 1000 * accelerator.process_index)
     train_blocks = block_source(train_corpus, data, objective.block_layout(tokenizer), tokenizer,
                                  rank=accelerator.process_index, world_size=accelerator.num_processes,
-                                 num_workers=data.num_workers)
+                                 num_workers=data.num_workers,
+                                 step_blocks=training.per_device_train_batch_size * training.gradient_accumulation_steps)
     train_stream = BlockStream(train_blocks, training.per_device_train_batch_size, collator, num_workers=data.num_workers,
                                shuffle_buffer_size=data.shuffle_buffer_size, seed=data.seed)
     eval_batches = evaluation_batches(config, objective, validation_corpus, tokenizer, accelerator)
@@ -250,16 +257,34 @@ def set_up(config: PretrainConfig, accelerator) -> Run:
               peak_flops=peak_flops_per_second(accelerator.device, accelerator.mixed_precision, training.peak_flops))
     provenance = run_provenance(config_values, tokenizer, train_corpus)
     if resume is not None:
-        run.loop, rank_state = load_checkpoint(accelerator, resume)
+        run.loop, states = load_checkpoint(accelerator, resume, every_rank=resize is not None)
         check_resume(run.loop.get("provenance"), provenance, resume)
-        train_stream.load_state_dict(rank_state["data"])
-        collator.load_state_dict({"generator": torch.tensor(rank_state["collator"], dtype=torch.uint8)} if rank_state["collator"] else {})
+        restore_position(run, train_blocks, states, resize)
         say(run, f"resumed from {resume} at step {run.loop['step']}")
+    run.loop["layout"] = current_layout(config, accelerator.num_processes)  # what a later resume compares with
     run.loop["provenance"] = provenance  # kept in every checkpoint: a resume compares against it
     if training.report_to:
         accelerator.init_trackers("sslnlp", config={k: v for k, v in flatten(to_dict(config)).items()
                                                     if isinstance(v, (int, float, str, bool))})
     return run
+
+
+def restore_position(run: Run, train_blocks, states: list[dict], resize) -> None:
+    """The data stream and masking generator where the checkpoint left them. On another layout (``resize``) the
+    stream's position is what ``BlockSource.resume_state`` makes of every saved rank's; a rank new to the run keeps
+    its fresh masking generator; the resize is announced and kept in the loop state (summary.json, the report)."""
+    rank = run.accelerator.process_index
+    if resize is None:
+        own, data_state = states[0], states[0]["data"]
+    else:
+        own = states[rank] if rank < len(states) else None
+        data_state, report = train_blocks.resume_state([state["data"] for state in states])
+    run.train_stream.load_state_dict(data_state)
+    if own is not None and own["collator"]:
+        run.collator.load_state_dict({"generator": torch.tensor(own["collator"], dtype=torch.uint8)})
+    if resize is not None:
+        run.loop.setdefault("resizes", []).append(resize.as_record(run.loop["step"], report))
+        say(run, announce(resize, run.loop["step"], report))
 
 
 def train_step(run: Run, batches, preemption: PreemptionFlag) -> dict:
@@ -455,7 +480,8 @@ def finish(run: Run) -> dict:
                "model_flops_utilization": (tokens_per_second / accelerator.num_processes * run.model_flops_per_token
                                            / run.peak_flops) if run.peak_flops else None,
                "output_dir": str(run.output_dir), **{k: v for k, v in run.last_eval.items() if k != "step"},
-               "provenance": loop["provenance"], **adaptation_summary(run)}
+               "provenance": loop["provenance"], **adaptation_summary(run),
+               **({"resizes": loop["resizes"]} if loop.get("resizes") else {})}
     if accelerator.is_main_process:
         (run.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     for callback in run.callbacks:  # after the last collective: only rank 0 waits on the network
