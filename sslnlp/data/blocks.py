@@ -106,6 +106,7 @@ class BlockStream:
         self.drop_last = drop_last
         self.prefetch_factor = prefetch_factor
         self.seed = seed
+        self.mask_seeding = torch.Generator()  # reseeded per micro-batch when the source is in global order
         self.rng = np.random.default_rng([seed, dataset.rank])
         if dataset.global_order:
             self.shuffle_buffer_size = 0
@@ -176,9 +177,8 @@ class BlockStream:
         if self.collate is None:
             return batch
         if position is not None:  # the micro-batch's masks follow from where it is in the global order
-            generator = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, int(position[0])])
-                                                          .generate_state(1, np.uint64)[0]))
-            self.collate.load_state_dict({"generator": generator.get_state()})
+            seed = (self.seed * 2**40 + int(position[0])) % 2**63  # MT19937's seeding scrambles nearby seeds
+            self.collate.load_state_dict({"generator": self.mask_seeding.manual_seed(seed).get_state()})
         # Masking touches ~B x L elements: a parallel region costs more than it saves, and on a busy CPU each one
         # waits for a descheduled worker thread (measured 2-9 ms per batch instead of 0.3 ms).
         threads = torch.get_num_threads()

@@ -211,9 +211,10 @@ class PreparedSplit:
         self.blocks = int(self.ends[-1]) if len(self.ends) else 0
         self.word_starts = bool(data.settings["layout"]["word_starts"])
         self._tables: dict[int, object] = {}
+        self._views: dict[int, tuple] = {}
 
     def __getstate__(self):  # DataLoader workers map the files themselves
-        return {**self.__dict__, "_tables": {}}
+        return {**self.__dict__, "_tables": {}, "_views": {}}
 
     def fingerprint(self) -> dict:
         return {**self.data.fingerprint(), "split": self.name}
@@ -237,25 +238,39 @@ class PreparedSplit:
             self._tables[index] = table
         return self._tables[index]
 
+    def _rows(self, index: int) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray] | None]:
+        """One shard's blocks as numpy views of its memory-mapped record batches (nothing copied): (ends of the
+        batches, input_ids [n, L] per batch, word_starts [n, L] per batch or None)."""
+        if index in self._views:
+            return self._views[index]
+        table = self._table(index)
+        columns = {name: [chunk.flatten().to_numpy(zero_copy_only=True).reshape(len(chunk), -1)
+                          for chunk in table.column(name).chunks]
+                   for name in ("input_ids", "word_starts") if name in table.column_names}
+        ends = np.cumsum([len(rows) for rows in columns["input_ids"]])
+        self._views[index] = (ends, columns["input_ids"], columns.get("word_starts"))
+        return self._views[index]
+
     def take(self, ids: np.ndarray, with_word_starts: bool) -> dict:
         """Blocks by global index, in the order given: {"input_ids": int32 [n, L], "word_starts": bool [n, L] (when
         asked)}. Only the rows taken are copied out of the memory-mapped shards."""
-        import pyarrow as pa
-
-        columns = ["input_ids"] + (["word_starts"] if with_word_starts else [])
-        pieces = {column: [] for column in columns}
-        sorted_ids = np.sort(ids)
-        shards = np.searchsorted(self.ends, sorted_ids, side="right")
+        ids = np.asarray(ids, dtype=np.int64)
+        chunk: dict[str, np.ndarray] = {}
+        shards = np.searchsorted(self.ends, ids, side="right")
         for shard in np.unique(shards):
-            first = int(self.ends[shard - 1]) if shard else 0
-            table = self._table(int(shard)).take(pa.array(sorted_ids[shards == shard] - first))
-            for column in columns:
-                values = table.column(column).combine_chunks()
-                pieces[column].append(values.flatten().to_numpy().reshape(-1, values.type.list_size))
-        back = np.argsort(np.argsort(ids, kind="stable"), kind="stable")  # sorted order -> the order asked for
-        chunk = {"input_ids": np.concatenate(pieces["input_ids"]).astype(np.int32)[back]}
-        if with_word_starts:
-            chunk["word_starts"] = np.concatenate(pieces["word_starts"]).astype(bool)[back]
+            here = np.flatnonzero(shards == shard)
+            local = ids[here] - (int(self.ends[shard - 1]) if shard else 0)
+            ends, input_ids, word_starts = self._rows(int(shard))
+            batches = np.searchsorted(ends, local, side="right")
+            for batch in np.unique(batches):
+                inside = batches == batch
+                rows = local[inside] - (int(ends[batch - 1]) if batch else 0)
+                for name, arrays, dtype in (("input_ids", input_ids, np.int32), ("word_starts", word_starts, bool)):
+                    if name == "word_starts" and not with_word_starts:
+                        continue
+                    if name not in chunk:
+                        chunk[name] = np.empty((len(ids), arrays[batch].shape[1]), dtype=dtype)
+                    chunk[name][here[inside]] = arrays[batch][rows]
         return chunk
 
 
