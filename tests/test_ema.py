@@ -116,6 +116,9 @@ def test_a_skipped_nonfinite_step_leaves_the_average_as_it_was(start, corpus_fil
 def test_the_export_holds_the_average_and_training_is_unaffected(runs):
     from transformers import AutoModelForMaskedLM
 
+    from sslnlp.publishing.card import write_model_card
+    from sslnlp.publishing.report import read_run, summary_rows
+
     root, summaries = runs
     exported = load_file(root / "averaged" / "model.safetensors")
     trained = raw_weights(root / "averaged", STEPS)
@@ -132,6 +135,10 @@ def test_the_export_holds_the_average_and_training_is_unaffected(runs):
     model = AutoModelForMaskedLM.from_pretrained(root / "averaged")  # what probe, finetune and the Hub push read
     torch.testing.assert_close(model.bert.embeddings.word_embeddings.weight,
                                exported["bert.embeddings.word_embeddings.weight"], rtol=0, atol=0)
+    # the run report's table and the model card say so
+    assert summary_rows([read_run(root / "averaged")])[0]["EMA decay"] == DECAY
+    card = write_model_card(root / "averaged", repo_id="someone/tiny-ema")
+    assert f"| weight averaging | exponential moving average, decay {DECAY}: the weights published here" in card
 
 
 def test_electra_averages_both_models_it_trains_and_exports_both_averaged(corpus_file, wordpiece_dir, tmp_path):
