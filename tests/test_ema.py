@@ -227,4 +227,5 @@ def test_fsdp_averages_its_shards_gathers_them_in_the_export_and_resumes_exactly
     # each rank evaluates its half of the held-out batches with its own average: rank 1's DDP average (never
     # written) agrees with the sharded one too
     assert summaries["fsdp"]["eval_loss"] == pytest.approx(summaries["ddp"]["eval_loss"], rel=1e-5)
-    assert (root / "fsdp" / "model.safetensors").read_bytes() == (root / "fsdp-resumed" / "model.safetensors").read_bytes()
+    resumed = root / "fsdp-resumed" / "model.safetensors"
+    assert (root / "fsdp" / "model.safetensors").read_bytes() == resumed.read_bytes()

@@ -264,7 +264,8 @@ def recipe_section(config: PretrainConfig, objective: Objective, summary: dict) 
             f"| precision | {summary.get('mixed_precision', training.mixed_precision)} |",
             *([f"| weight averaging | exponential moving average, decay {training.ema_decay}"
                + (f", from {training.ema_start} of the budget" if training.ema_start else "")
-               + ": the weights published here and the held-out metrics are the average's |"] if training.ema_decay else []),
+               + ": the weights published here and the held-out metrics are the average's |"]
+              if training.ema_decay else []),
             f"| seed | {training.seed} |", ""]
 
 

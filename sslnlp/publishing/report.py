@@ -348,7 +348,7 @@ def summary_rows(runs: list[RunRecords]) -> list[dict]:
                      "final training loss": summary.get("train_loss", last.get("loss")),
                      "final held-out loss": final_eval, "probe": probe, "fine-tune": finetune,
                      "resumed": run.resumes, "finished": bool(summary)})
-        if any(other.summary.get("ema_decay") for other in runs):  # weight averaging: its held-out loss is the average's
+        if any(other.summary.get("ema_decay") for other in runs):  # its held-out loss is then the average's
             rows[-1]["EMA decay"] = summary.get("ema_decay")
     return rows
 

@@ -126,7 +126,8 @@ class WeightAverage:
         if not path.is_file():
             return False
         saved = load_file(str(path), device=str(next(iter(self.average.values())).device))
-        mismatched = sorted(set(saved) ^ set(self.average)) or [n for n in self.names if saved[n].shape != self.average[n].shape]
+        mismatched = (sorted(set(saved) ^ set(self.average))
+                      or [name for name in self.names if saved[name].shape != self.average[name].shape])
         if mismatched:
             raise ValueError(f"{path} does not fit this model (parameter {mismatched[0]}); resume with the model "
                              "and launch config that wrote it")
