@@ -160,6 +160,12 @@ class TrainingConfig:
     warmup_steps: int = option(0, "Warmup steps.")
     decay_ratio: float = option(0.2, "wsd: fraction of the budget spent decaying at the end.")
     min_lr_ratio: float = option(0.0, "Final learning rate as a fraction of the peak.")
+    ema_decay: float | None = option(None, "Weight averaging: after each optimizer step average = ema_decay x average "
+                                           "+ (1 - ema_decay) x weights (fp32, in every checkpoint); evaluation "
+                                           "(eval_loss; raw_eval_loss: the training weights), the probe and the "
+                                           "exported model use the average. In (0, 1), e.g. 0.999; None: off.")
+    ema_start: float = option(0.0, "Weight averaging: steps that start before this fraction of the budget copy the "
+                                   "weights into the average instead (0: average from the initial weights).")
     max_steps: int = option(0, "Budget in optimizer steps (0: not set).")
     max_tokens: int = option(0, "Budget in training tokens (0: not set).")
     max_time: float = option(0, "Budget in seconds of training (wall clock, 0: not set); the schedule follows it.")
@@ -183,6 +189,18 @@ class TrainingConfig:
                                      "launch's rendezvous store) stops for this many seconds is declared lost; the "
                                      "others exit naming it (0: no heartbeat; a hung peer then blocks until the "
                                      "collective's own timeout, 30 minutes on gloo).")
+
+    def __post_init__(self) -> None:
+        self.check_weight_averaging()
+
+    def check_weight_averaging(self) -> None:
+        """ema_decay in (0, 1) or None, ema_start in [0, 1) (also run by PretrainConfig.check: fields set later)."""
+        if self.ema_decay is not None and not (isinstance(self.ema_decay, (int, float)) and 0 < self.ema_decay < 1):
+            raise ConfigError(f"training.ema_decay={self.ema_decay!r} is out of range; it must be in (0, 1), e.g. "
+                              "0.999, or None (no weight averaging)")
+        if not 0 <= self.ema_start < 1:
+            raise ConfigError(f"training.ema_start={self.ema_start!r} is out of range; it must be in [0, 1) (a "
+                              "fraction of the budget)")
 
 
 @dataclass
@@ -281,6 +299,7 @@ class PretrainConfig:
         if not 0 <= training.warmup_ratio < 1 or not 0 <= training.decay_ratio <= 1:
             raise ConfigError("training.warmup_ratio must be in [0, 1) and training.decay_ratio in [0, 1]")
         check_ranges(self, NUMERIC_RANGES)
+        training.check_weight_averaging()
         self.hub.check()
 
     def check_adaptation(self) -> None:

@@ -1,7 +1,8 @@
 """Launch tier: resuming on another number of processes (sslnlp.training.elastic), with the real launcher.
 
 Prepared shards, DDP and FSDP: a 2-process run resumed on 1 process, and that run resumed on 2 again, ends with the
-weights of the run never interrupted, within TOLERANCE: the gradient of a step is summed in another order (an
+weights of the run never interrupted (exported: their average, training.ema_decay, whose FSDP shards are cut again
+for the new number of processes), within TOLERANCE: the gradient of a step is summed in another order (an
 all-reduce of two halves against two accumulated micro-batches), which changes fp32 sums in their last bits (about
 1e-7 relative); Adam carries that through the remaining steps. Blocks, masks and learning rates are the same
 exactly. Streamed text: the stated guarantee (no document read twice; buffered blocks and carried tokens handed
@@ -57,7 +58,7 @@ def launch(engine: Path | None, processes: int, overrides: list[str]) -> subproc
 def settings(output_dir: Path, source, tokenizer_dir, steps: int = STEPS, **extra) -> list[str]:
     return tiny_overrides(output_dir, tokenizer_dir, steps=steps, **{
         "data.train_files": str(source), "model.config_overrides": NO_DROPOUT, "training.mixed_precision": "no",
-        "training.save_steps": 4, "training.save_total_limit": 10, **extra})
+        "training.save_steps": 4, "training.save_total_limit": 10, "training.ema_decay": 0.9, **extra})
 
 
 def resume_from(run: Path, step: int, into: Path) -> None:
@@ -143,6 +144,10 @@ def test_a_run_resumed_on_fewer_then_more_processes_ends_as_the_uninterrupted_ru
                                "gradient_accumulation_steps": [1, 2], "global_batch_blocks": 16, "data": "prepared",
                                "exact": True, "position": 8 * 16}]
     assert two["resizes"][-1]["processes"] == [1, 2] and two["resizes"][-1]["gradient_accumulation_steps"] == [2, 1]
+    from sslnlp.publishing.report import read_run, summary_rows
+
+    rows = summary_rows([read_run(whole_run), read_run(root / "two")])  # the run report says it too
+    assert [row["processes"] for row in rows] == ["2", "2 -> 1 (step 8) -> 2 (step 12)"]
     assert one["tokens"] == two["tokens"] == whole["tokens"] == STEPS * 16 * 32
     # the blocks: one position for the whole run, the same at every checkpoint
     assert positions(root / "one", 12) == [12 * 16] and positions(root / "one", 16) == [16 * 16]

@@ -262,6 +262,10 @@ def recipe_section(config: PretrainConfig, objective: Objective, summary: dict) 
             f"| batch | {batch} blocks of {data.max_seq_length} tokens per step ({training.per_device_train_batch_size} "
             f"per device x {training.gradient_accumulation_steps} accumulation x {world} processes) |",
             f"| precision | {summary.get('mixed_precision', training.mixed_precision)} |",
+            *([f"| weight averaging | exponential moving average, decay {training.ema_decay}"
+               + (f", from {training.ema_start} of the budget" if training.ema_start else "")
+               + ": the weights published here and the held-out metrics are the average's |"]
+              if training.ema_decay else []),
             f"| seed | {training.seed} |", ""]
 
 

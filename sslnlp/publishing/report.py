@@ -330,6 +330,15 @@ def _scores(run: RunRecords) -> tuple[str, str]:
     return "; ".join(probe) or "–", "; ".join(finetune) or "–"
 
 
+def processes_of(summary: dict) -> str:
+    """The processes a run trained on, in order: "2 -> 1 (step 8)" after a resume on another number of them."""
+    resizes = summary.get("resizes") or []
+    if not resizes:
+        return str(summary.get("world_size", "–"))
+    return str(resizes[0]["processes"][0]) + "".join(f" -> {resize['processes'][1]} (step {resize['step']})"
+                                                     for resize in resizes)
+
+
 def summary_rows(runs: list[RunRecords]) -> list[dict]:
     """The summary table: one row per run."""
     rows = []
@@ -348,6 +357,10 @@ def summary_rows(runs: list[RunRecords]) -> list[dict]:
                      "final training loss": summary.get("train_loss", last.get("loss")),
                      "final held-out loss": final_eval, "probe": probe, "fine-tune": finetune,
                      "resumed": run.resumes, "finished": bool(summary)})
+        if any(other.summary.get("ema_decay") for other in runs):  # its held-out loss is then the average's
+            rows[-1]["EMA decay"] = summary.get("ema_decay")
+        if any(other.summary.get("resizes") for other in runs):  # resumed on another number of processes
+            rows[-1]["processes"] = processes_of(summary)
     return rows
 
 

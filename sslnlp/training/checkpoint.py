@@ -5,6 +5,8 @@ A checkpoint is a directory ``OUTPUT_DIR/checkpoints/checkpoint-00000100`` holdi
 - what ``accelerator.save_state`` writes (model as safetensors, optimizer, RNG states of every rank; under FSDP the
   sharded model and optimizer: ``pytorch_model_fsdp_0/`` and ``optimizer_0/``, one ``.distcp`` file per rank),
 - ``rank_state_R.json`` per rank (data-stream position, shuffle buffer, mask generator),
+- with weight averaging (training.ema_decay) the average: ``weight_average.safetensors``, or one
+  ``weight_average_rank_R.safetensors`` per rank under FSDP (sslnlp.training.averaging),
 - ``loop_state.json`` (step, tokens seen, elapsed time, the layout that wrote it, the checkpoint format, the size of
   every file above), written last.
 
@@ -59,8 +61,10 @@ def _raise_if_any_rank_failed(accelerator, failure: BaseException | None, what: 
         raise OSError(f"another rank failed while {what}")
 
 
-def save_checkpoint(accelerator, output_dir: str | Path, step: int, loop_state: dict, rank_state: dict, keep: int) -> Path:
+def save_checkpoint(accelerator, output_dir: str | Path, step: int, loop_state: dict, rank_state: dict, keep: int,
+                    write_extra=None) -> Path:
     """Save a complete checkpoint for ``step`` atomically; keep the newest ``keep``. Call on every rank.
+    ``write_extra(directory)``: what this rank writes besides Accelerate's state (the weight average).
 
     On a write error (disk full, permissions) the partial directory is removed, the previous checkpoints stay as
     they were, and every rank raises the OSError.
@@ -80,6 +84,8 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, loop_state: 
     try:
         accelerator.save_state(str(temporary), safe_serialization=True)
         write_json_atomic(temporary / f"rank_state_{accelerator.process_index}.json", rank_state, durable=True)
+        if write_extra is not None:
+            write_extra(temporary)
     except OSError as error:
         failure = error
     except SafetensorError as error:  # safetensors reports a full disk as its own error type

@@ -6,6 +6,8 @@
 
 The story, in ``pretrain``: ``set_up`` (corpus, tokenizer, model(s), data stream, optimizer, resume) -> loop
 (``train_step``; every N steps ``log_window`` / ``evaluate`` / callbacks / ``save``) -> ``finish`` (export, summary).
+With weight averaging (training.ema_decay, sslnlp.training.averaging) the step also updates the average, and
+evaluation, the probe and the export see the averaged weights (``Run.averaged_weights``).
 The loop is the only place that knows the data stream, the objective, the model and the optimizer together;
 everything specific to an objective is asked of it (sslnlp.objectives), and the periodic probe and Hub sync hang on
 the loop as callbacks.
@@ -25,6 +27,7 @@ import torch
 import yaml
 
 from sslnlp.files import ensure_writable, find_latest_checkpoint
+from sslnlp.training.averaging import WeightAverage, start_weight_average
 from sslnlp.training.checkpoint import checkpoint_layout, load_checkpoint, read_loop_state, resolve_resume, save_checkpoint
 from sslnlp.training.elastic import announce, current_layout, plan_resize
 from sslnlp.config import PretrainConfig, to_dict
@@ -180,6 +183,11 @@ class Run:
     last_logged: dict | None = None
     last_eval: dict = field(default_factory=dict)
     consecutive_bad: int = 0
+    average: WeightAverage | None = None  # training.ema_decay: the weights' moving average
+
+    def averaged_weights(self):
+        """A context in which the model holds the averaged weights (no change without weight averaging)."""
+        return self.average.swapped_in() if self.average is not None else contextlib.nullcontext()
 
     def progress(self, next_step: bool = False) -> float:
         """Fraction of the budget used (``next_step``: as of the end of the step being taken, for its learning rate)."""
@@ -262,6 +270,8 @@ def set_up(config: PretrainConfig, accelerator) -> Run:
         restore_position(run, train_blocks, states, resize)
         say(run, f"resumed from {resume} at step {run.loop['step']}")
     run.loop["layout"] = current_layout(config, accelerator.num_processes)  # what a later resume compares with
+    if training.ema_decay is not None:  # after the resume: a checkpoint without an average starts it from its weights
+        run.average = start_weight_average(accelerator, model, training.ema_decay, resume)
     run.loop["provenance"] = provenance  # kept in every checkpoint: a resume compares against it
     if training.report_to:
         accelerator.init_trackers("sslnlp", config={k: v for k, v in flatten(to_dict(config)).items()
@@ -325,6 +335,8 @@ def train_step(run: Run, batches, preemption: PreemptionFlag) -> dict:
         for group in run.optimizer.param_groups:
             group["lr"] = learning_rate
         run.optimizer.step()
+        if run.average is not None:  # a step that starts before training.ema_start copies the weights
+            run.average.update(copy=run.progress() < training.ema_start)
         run.consecutive_bad = 0
     else:
         skip_nonfinite_step(run)
@@ -447,13 +459,15 @@ def evaluate(run: Run, batches: list | None = None) -> dict:
 
 
 def save(run: Run) -> None:
-    """A checkpoint of every rank's state (model(s), optimizer, RNGs, data position, collator), then callbacks."""
+    """A checkpoint of every rank's state (model(s), optimizer, RNGs, data position, collator, weight average),
+    then callbacks."""
     rank_state = {"data": run.train_stream.state_dict(),
                   "collator": run.collator.state_dict().get("generator", torch.zeros(0)).tolist()}
     try:
         with without_tied_weight_warnings():
             checkpoint = save_checkpoint(run.accelerator, run.output_dir, run.loop["step"], dict(run.loop), rank_state,
-                                         run.config.training.save_total_limit)
+                                         run.config.training.save_total_limit,
+                                         write_extra=run.average.save if run.average is not None else None)
     except OSError as error:
         previous = find_latest_checkpoint(run.output_dir)
         raise TrainingError(f"cannot write the checkpoint of step {run.loop['step']} under {run.output_dir}/checkpoints "
@@ -467,7 +481,7 @@ def finish(run: Run) -> dict:
     """Export the model(s), write summary.json, let the callbacks finish (the Hub push); return the summary."""
     accelerator, loop = run.accelerator, run.loop
     run.objective.close()
-    run.objective.export(accelerator, run.model, run.tokenizer, run.output_dir)
+    export(run, run.output_dir)
     if run.config.training.report_to:
         accelerator.end_training()
     tokens_per_second = loop["tokens"] / max(loop["elapsed"], 1e-9)
@@ -476,7 +490,7 @@ def finish(run: Run) -> dict:
                "train_loss": run.last_logged["loss"] if run.last_logged else None,
                "tokens_per_second": tokens_per_second, "model_flops_per_token": run.model_flops_per_token,
                "world_size": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
-               "nonfinite_steps": loop.get("nonfinite_steps", 0),
+               "nonfinite_steps": loop.get("nonfinite_steps", 0), "ema_decay": run.config.training.ema_decay,
                "model_flops_utilization": (tokens_per_second / accelerator.num_processes * run.model_flops_per_token
                                            / run.peak_flops) if run.peak_flops else None,
                "output_dir": str(run.output_dir), **{k: v for k, v in run.last_eval.items() if k != "step"},
@@ -488,6 +502,23 @@ def finish(run: Run) -> dict:
         callback.on_end(run, summary)
     say(run, finished_line(summary))
     return summary
+
+
+def export(run: Run, output_dir) -> None:
+    """Write the model(s) the run publishes into ``output_dir`` (every rank): the averaged weights with
+    training.ema_decay, which probing, fine-tuning and the Hub push then read."""
+    with run.averaged_weights():
+        run.objective.export(run.accelerator, run.model, run.tokenizer, output_dir)
+
+
+def evaluate_model(run: Run, batches: list | None = None) -> dict:
+    """``evaluate`` of the model the run publishes: with weight averaging the averaged weights' metrics, and the
+    training weights' loss as ``raw_eval_loss``."""
+    if run.average is None:
+        return evaluate(run, batches)
+    with run.averaged_weights():
+        result = evaluate(run, batches)
+    return {**result, "raw_eval_loss": evaluate(run, batches)["eval_loss"]}
 
 
 def adaptation_summary(run: Run) -> dict:
@@ -524,7 +555,9 @@ def finished_line(summary: dict) -> str:
              f"({summary['tokens_per_second']:,.0f} tokens/s"
              + (f", MFU {100 * summary['model_flops_utilization']:.1f}%)" if summary.get("model_flops_utilization") else ")")]
     if summary.get("eval_loss") is not None:
-        parts.append(f"held-out loss {summary['eval_loss']:.4f}")
+        parts.append(f"held-out loss {summary['eval_loss']:.4f}" + (
+            f" (averaged weights; training weights {summary['raw_eval_loss']:.4f})"
+            if summary.get("raw_eval_loss") is not None else ""))
     parts.append(f"model and summary.json in {summary['output_dir']}")
     return "; ".join(parts)
 
@@ -577,9 +610,10 @@ class ProbeCallback(Callback):
         if not ((every and step % every == 0) or done):
             return
         accelerator = run.accelerator
-        result = probe_model(run.objective.representation_model(accelerator.unwrap_model(run.model)), run.tokenizer,
-                             self.task, ProbeOptions(pooling=self.evaluation.probe_pooling),
-                             max_seq_length=run.config.data.max_seq_length, accelerator=accelerator)
+        with run.averaged_weights():  # the model the run publishes
+            result = probe_model(run.objective.representation_model(accelerator.unwrap_model(run.model)),
+                                 run.tokenizer, self.task, ProbeOptions(pooling=self.evaluation.probe_pooling),
+                                 max_seq_length=run.config.data.max_seq_length, accelerator=accelerator)
         metric, score = result["metric"], result["test"][result["metric"]]  # "test": the task's reported split
         run.metrics.write({"step": step, "tokens": run.loop["tokens"], "elapsed": run.loop["elapsed"], "probe_task": self.task.name, "probe_metric": metric, "probe_split": result["split"],
                            f"probe_{metric}": score, "probe_seconds": result["seconds"]})
@@ -593,8 +627,7 @@ class HubCallback(Callback):
         self.hub = run_hub
 
     def on_save(self, run: Run, checkpoint: Path, final: bool) -> None:
-        self.hub.checkpoint_saved(lambda folder: run.objective.export(run.accelerator, run.model, run.tokenizer, folder),
-                                  checkpoint, final=final)
+        self.hub.checkpoint_saved(lambda folder: export(run, folder), checkpoint, final=final)
 
     def on_end(self, run: Run, summary: dict) -> None:
         pushes = self.hub.finish(summary)
@@ -658,12 +691,12 @@ def train_run(config: PretrainConfig, accelerator) -> dict:
             if run.loop["step"] % training.logging_steps == 0 or done:
                 log_window(run, step["learning_rate"], bar)
             if run.eval_batches and ((evaluation.eval_steps and run.loop["step"] % evaluation.eval_steps == 0) or done):
-                run.last_eval = {"step": run.loop["step"], **evaluate(run)}
+                run.last_eval = {"step": run.loop["step"], **evaluate_model(run)}
                 run.metrics.write({**run.last_eval, "tokens": run.loop["tokens"], "elapsed": run.loop["elapsed"]})
                 say(run, f"step {run.loop['step']}: " + ", ".join(
                     f"{k}={v:.4g}" for k, v in run.last_eval.items() if k != "step"))
             if done and run.general_batches:
-                general = {"general_eval_loss": evaluate(run, run.general_batches)["eval_loss"]}
+                general = {"general_eval_loss": evaluate_model(run, run.general_batches)["eval_loss"]}
                 run.last_eval = {**run.last_eval, **general}
                 run.metrics.write({"step": run.loop["step"], **general, "tokens": run.loop["tokens"],
                                    "elapsed": run.loop["elapsed"]})
