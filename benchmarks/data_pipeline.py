@@ -83,11 +83,11 @@ def run_sslnlp(corpus: str, tokenizer, shuffle_buffer_size: int = 0, max_tokens:
 def run_prepared(directory: str, tokenizer, shuffle_buffer_size: int = 0, max_tokens: int = 0) -> int:
     """One pass over prepared shards: memory-mapped blocks -> the same BlockStream and collator as A. Prepared blocks
     shuffle as training reads them: chunks in a seeded order and windows of ``shuffle_buffer_size`` blocks permuted
-    (the stream's own buffer is not used on top), a step of BATCH_SIZE blocks at a time."""
+    (the stream's own buffer is not used on top), a micro-batch of BATCH_SIZE blocks at a time."""
     from sslnlp.data.prepared import PreparedBlocks, PreparedData
 
     dataset = PreparedBlocks(PreparedData(directory).split("train"), layout=BlockLayout.encoder(tokenizer), repeat=False,
-                             step_blocks=BATCH_SIZE, shuffle=bool(shuffle_buffer_size), window=shuffle_buffer_size)
+                             batch_size=BATCH_SIZE, shuffle=bool(shuffle_buffer_size), window=shuffle_buffer_size)
     return collated_tokens(dataset, tokenizer, shuffle_buffer_size, max_tokens)
 
 

@@ -262,9 +262,9 @@ def test_streamed_text_resumed_on_one_process_reads_no_document_twice_and_counts
     tokenizer = load_tokenizer(str(tokenizer_dir))
     layout = BlockLayout.encoder(tokenizer)
 
-    def stream(rank: int, world: int, step_blocks: int) -> BlockStream:
+    def stream(rank: int, world: int) -> BlockStream:
         blocks = block_source(open_training_data(config.data)[0], config.data, layout, tokenizer, rank=rank,
-                              world_size=world, step_blocks=step_blocks)
+                              world_size=world, batch_size=batch)
         return BlockStream(blocks, batch, None, shuffle_buffer_size=config.data.shuffle_buffer_size, seed=config.data.seed)
 
     def saved(run: str, step: int) -> list[dict]:
@@ -275,7 +275,7 @@ def test_streamed_text_resumed_on_one_process_reads_no_document_twice_and_counts
         return json.loads(json.dumps(state, default=lambda value: value.tolist()))
 
     trained = np.zeros(count, dtype=np.int64)  # tokens of each document trained on
-    first = [stream(rank, 2, batch) for rank in (0, 1)]
+    first = [stream(rank, 2) for rank in (0, 1)]
     for ranks_stream in first:
         batches = iter(ranks_stream)
         for _ in range(stop):
@@ -283,7 +283,7 @@ def test_streamed_text_resumed_on_one_process_reads_no_document_twice_and_counts
             np.add.at(trained, ids[ids >= 5] - 5, 1)
     assert [plain(s.state_dict()) for s in first] == saved("two", stop)  # what the 2-process run trained on
 
-    second = stream(0, 1, 2 * batch)
+    second = stream(0, 1)
     state, again = second.dataset.resume_state(saved("two", stop))
     assert {k: v for k, v in again.items()} == {k: report[k] for k in again}
     second.load_state_dict(state)

@@ -280,17 +280,19 @@ class PreparedBlocks(BlockSource):
     The split is read as an endless stream of positions 0, 1, 2, ...; epoch ``e`` (positions ``e*N .. e*N+N-1``)
     visits the N blocks in ``epoch_order(e)``: chunks of ``CHUNK_BLOCKS`` stored blocks in a seeded order reshuffled
     every epoch (``shuffle``), then the blocks of every window of ``window`` positions permuted (a shuffle buffer
-    without state). Every optimizer step takes the next ``step_blocks x world_size`` positions: rank ``r`` reads the
-    r-th slice of ``step_blocks``, and DataLoader worker ``w`` of ``n`` every n-th step (the loader's round robin
-    hands them over in order). So the blocks of step k, and their split into micro-batches of a given size, are the
-    same whatever the number of processes and workers: the position reached is all a resume needs, on any number
-    of processes. Every block carries its ``position``, from which the masks of its micro-batch are drawn.
+    without state). Every micro-batch takes the next ``batch_size x world_size`` positions (a micro-step): rank ``r``
+    reads the r-th slice of ``batch_size``, and DataLoader worker ``w`` of ``n`` every n-th micro-step (the loader's
+    round robin hands them over in order). An optimizer step of ``a`` accumulated micro-batches takes ``a``
+    micro-steps, so the blocks of a step, and their split into micro-batches, are the same for ``N`` processes x ``a``
+    micro-batches as for ``M`` processes x ``a N / M`` with the same per-device batch, whatever the workers: the
+    position reached is all a resume needs, on any number of processes. Every block carries its ``position``, from
+    which the masks of its micro-batch are drawn.
 
     Args:
         split: the PreparedSplit to read.
         layout: the run's BlockLayout (word starts are read only when it wants them).
         rank, world_size, num_workers: as for every ``BlockSource``.
-        step_blocks: blocks this rank takes per optimizer step (per-device batch x gradient accumulation).
+        batch_size: blocks this rank takes per micro-batch (the per-device batch).
         shuffle: visit the chunks in a seeded order, reshuffled every epoch (else stored order).
         window: positions permuted together (``data.shuffle_buffer_size``; 0 or 1: none).
         seed: the order's seed.
@@ -300,17 +302,17 @@ class PreparedBlocks(BlockSource):
     global_order = True  # BlockStream adds no shuffle of its own: the order is already the same for every layout
 
     def __init__(self, split: PreparedSplit, *, layout: BlockLayout, rank: int = 0, world_size: int = 1,
-                 num_workers: int = 0, step_blocks: int = CHUNK_BLOCKS, shuffle: bool = False, window: int = 0,
+                 num_workers: int = 0, batch_size: int = CHUNK_BLOCKS, shuffle: bool = False, window: int = 0,
                  seed: int = 0, repeat: bool = True):
         super().__init__(layout=layout, rank=rank, world_size=world_size, num_workers=num_workers)
         self.split = split
-        self.step_blocks = step_blocks
+        self.batch_size = batch_size
         self.shuffle, self.window, self.seed, self.repeat = shuffle, window, seed, repeat
         self._order: tuple[int, np.ndarray] | None = None
-        if split.blocks < step_blocks * world_size:
-            raise CorpusError(f"{split.data.location} has {split.blocks} {split.name} blocks, fewer than one step's "
-                              f"{step_blocks * world_size} (per-device batch x gradient accumulation x processes); "
-                              "prepare more text or use a smaller batch")
+        if repeat and split.blocks < batch_size * world_size:  # a single pass may end on a partial micro-step
+            raise CorpusError(f"{split.data.location} has {split.blocks} {split.name} blocks, fewer than one micro-step's "
+                              f"{batch_size * world_size} (per-device batch x processes); prepare more text or use a "
+                              "smaller batch")
 
     def __getstate__(self):  # DataLoader workers rebuild the order themselves
         return {**self.__dict__, "_order": None}
@@ -351,22 +353,22 @@ class PreparedBlocks(BlockSource):
         return self.iter_steps(worker, workers, (self.shard_states.get(0) or {}).get("position", 0))
 
     def iter_shard(self, shard: int, state: dict | None = None) -> Iterator[dict]:
-        """All steps from ``state`` on, read in this process (no DataLoader workers)."""
+        """All micro-steps from ``state`` on, read in this process (no DataLoader workers)."""
         return self.iter_steps(0, 1, (state or {}).get("position", 0))
 
     def iter_steps(self, worker: int, workers: int, start: int) -> Iterator[dict]:
-        """This rank's slice of every ``workers``-th step from ``start`` (a position at a step boundary) on: one chunk
-        per step, its state the position after the whole step (every rank's slices)."""
-        step = self.step_blocks * self.world_size
+        """This rank's slice of every ``workers``-th micro-step from ``start`` (a position at a micro-step boundary)
+        on: one chunk per micro-step, its state the position after the whole micro-step (every rank's slices)."""
+        step = self.batch_size * self.world_size
         first = start + worker * step
         while True:
-            found = self.blocks_at(first + self.rank * self.step_blocks, self.step_blocks)
+            mine = first + self.rank * self.batch_size
+            found = self.blocks_at(mine, self.batch_size)
             if found is None:
                 return
             ids, epoch = found
             chunk = self.split.take(ids, self.layout.word_starts)
-            chunk["position"] = np.arange(first + self.rank * self.step_blocks,
-                                          first + self.rank * self.step_blocks + len(ids))
+            chunk["position"] = np.arange(mine, mine + len(ids))
             chunk["shard"] = 0
             chunk["state"] = {"position": first + step, "epoch": epoch}
             yield chunk

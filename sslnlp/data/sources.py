@@ -39,7 +39,7 @@ def bundled_tokenizer(source) -> str | None:
 
 
 def block_source(source, data, layout, tokenizer, *, rank: int = 0, world_size: int = 1, num_workers: int = 0,
-                 step_blocks: int = CHUNK_BLOCKS, repeat: bool = True) -> BlockSource:
+                 batch_size: int = CHUNK_BLOCKS, repeat: bool = True) -> BlockSource:
     """The blocks of ``source`` for one rank, in the objective's ``layout``.
 
     Args:
@@ -48,13 +48,13 @@ def block_source(source, data, layout, tokenizer, *, rank: int = 0, world_size: 
         layout: a BlockLayout (packed blocks) or a SegmentLayout (segments, from text only).
         tokenizer: the run's tokenizer (a prepared split checks it made the blocks).
         rank, world_size, num_workers: this process's place; a shard per (rank x worker).
-        step_blocks: blocks this rank takes per optimizer step (prepared blocks are read a step at a time).
+        batch_size: blocks this rank takes per micro-batch (prepared blocks are read a micro-batch at a time).
         repeat: epochs without end (training) or one pass (evaluation).
     """
     if isinstance(source, PreparedSplit):
         source.data.check(tokenizer, layout, data.max_seq_length)
         return PreparedBlocks(source, layout=layout, rank=rank, world_size=world_size, num_workers=num_workers,
-                              step_blocks=step_blocks, shuffle=data.shuffle_documents and repeat,
+                              batch_size=batch_size, shuffle=data.shuffle_documents and repeat,
                               window=data.shuffle_buffer_size if repeat else 0, seed=data.seed, repeat=repeat)
     kind = {BlockLayout: PackedBlocks, SegmentLayout: SegmentBlocks}[type(layout)]
     return kind(source, tokenizer, data.max_seq_length, layout=layout, rank=rank, world_size=world_size,

@@ -238,7 +238,7 @@ def set_up(config: PretrainConfig, accelerator) -> Run:
     train_blocks = block_source(train_corpus, data, objective.block_layout(tokenizer), tokenizer,
                                  rank=accelerator.process_index, world_size=accelerator.num_processes,
                                  num_workers=data.num_workers,
-                                 step_blocks=training.per_device_train_batch_size * training.gradient_accumulation_steps)
+                                 batch_size=training.per_device_train_batch_size)
     train_stream = BlockStream(train_blocks, training.per_device_train_batch_size, collator, num_workers=data.num_workers,
                                shuffle_buffer_size=data.shuffle_buffer_size, seed=data.seed)
     eval_batches = evaluation_batches(config, objective, validation_corpus, tokenizer, accelerator)
