@@ -166,6 +166,17 @@ class TrainingConfig:
                                            "exported model use the average. In (0, 1), e.g. 0.999; None: off.")
     ema_start: float = option(0.0, "Weight averaging: steps that start before this fraction of the budget copy the "
                                    "weights into the average instead (0: average from the initial weights).")
+    batch_size_warmup: float = option(0.0, "Batch-size ramp: over this fraction of the budget the global batch grows "
+                                           "linearly from batch_size_warmup_start of it to all of it, by "
+                                           "accumulating 1 .. gradient_accumulation_steps micro-batches (0: off).")
+    batch_size_warmup_start: float = option(0.25, "Batch-size ramp: the first steps' share of the global batch "
+                                                  "(rounded to whole micro-batches, at least one).")
+    sequence_length_warmup: float = option(0.0, "Sequence-length warmup: over this fraction of the budget the blocks "
+                                                "are cut into shorter ones (the same text, each piece with the "
+                                                "block's special tokens), growing linearly from "
+                                                "sequence_length_warmup_start tokens to data.max_seq_length (0: off).")
+    sequence_length_warmup_start: int = option(64, "Sequence-length warmup: the first steps' block length (rounded "
+                                                   "to a length that cuts the blocks into equal pieces).")
     max_steps: int = option(0, "Budget in optimizer steps (0: not set).")
     max_tokens: int = option(0, "Budget in training tokens (0: not set).")
     max_time: float = option(0, "Budget in seconds of training (wall clock, 0: not set); the schedule follows it.")
@@ -192,6 +203,23 @@ class TrainingConfig:
 
     def __post_init__(self) -> None:
         self.check_weight_averaging()
+
+    def check_warmups(self, max_seq_length: int) -> None:
+        """Batch-size ramp and sequence-length warmup: fractions of the budget, and what each needs."""
+        for key in ("batch_size_warmup", "sequence_length_warmup"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ConfigError(f"training.{key}={getattr(self, key)!r} is out of range; it must be in [0, 1) (a "
+                                  "fraction of the budget; 0: off)")
+        if not 0 < self.batch_size_warmup_start <= 1:
+            raise ConfigError(f"training.batch_size_warmup_start={self.batch_size_warmup_start!r} must be in (0, 1]")
+        if self.batch_size_warmup and self.gradient_accumulation_steps < 2:
+            raise ConfigError("training.batch_size_warmup grows the batch by accumulating more micro-batches, but "
+                              "training.gradient_accumulation_steps=1; split the batch, e.g. "
+                              f"per_device_train_batch_size={max(1, self.per_device_train_batch_size // 4)} "
+                              "gradient_accumulation_steps=4")
+        if self.sequence_length_warmup and not 8 <= self.sequence_length_warmup_start < max_seq_length:
+            raise ConfigError(f"training.sequence_length_warmup_start={self.sequence_length_warmup_start} must be at "
+                              f"least 8 and shorter than data.max_seq_length={max_seq_length}")
 
     def check_weight_averaging(self) -> None:
         """ema_decay in (0, 1) or None, ema_start in [0, 1) (also run by PretrainConfig.check: fields set later)."""
@@ -300,6 +328,7 @@ class PretrainConfig:
             raise ConfigError("training.warmup_ratio must be in [0, 1) and training.decay_ratio in [0, 1]")
         check_ranges(self, NUMERIC_RANGES)
         training.check_weight_averaging()
+        training.check_warmups(self.data.max_seq_length)
         self.hub.check()
 
     def check_adaptation(self) -> None:

@@ -106,6 +106,7 @@ class BlockStream:
         self.drop_last = drop_last
         self.prefetch_factor = prefetch_factor
         self.seed = seed
+        self.block_length: int | None = None  # set between batches: cut the blocks into shorter ones (BlockLayout.cut)
         self.mask_seeding = torch.Generator()  # reseeded per micro-batch when the source is in global order
         self.rng = np.random.default_rng([seed, dataset.rank])
         if dataset.global_order:
@@ -159,6 +160,8 @@ class BlockStream:
                     block.setdefault("attention_mask", np.ones(block["input_ids"].shape[-1], dtype=bool))
             batch = {key: torch.from_numpy(np.stack([block[key] for block in picked])) for key in picked[0]}
             batch["input_ids"] = batch["input_ids"].long()
+            if self.block_length:  # sequence-length warmup: the same text in shorter blocks
+                batch = self.dataset.layout.cut(batch, self.block_length)
             yield self._collate(batch)
 
     def _similar_lengths(self, take: int) -> list[dict]:

@@ -57,6 +57,46 @@ class BlockLayout:
             raise ValueError("encoder packing needs a tokenizer with cls/sep (or bos/eos) tokens")
         return cls((start,), (end,), end, word_starts)
 
+    @property
+    def specials(self) -> int:
+        """Special tokens of a block (prefix and suffix)."""
+        return len(self.prefix) + len(self.suffix)
+
+    def cut(self, batch: dict, length: int) -> dict:
+        """A batch of blocks {input_ids [B, L], word_starts?, attention_mask?, position?} as shorter blocks of
+        ``length`` (sequence-length warmup): each block's content cut into equal pieces, each given the block's prefix
+        and suffix, so the same text is trained on in shorter sequences. ``length - specials`` must divide the
+        content (``sslnlp.training.warmups.block_length_at`` picks such lengths); ``position`` keeps one entry per
+        original block (it seeds the masks of the micro-batch)."""
+        import torch
+
+        rows, full = batch["input_ids"].shape
+        start, content, piece = len(self.prefix), full - self.specials, length - self.specials
+        if length >= full:
+            return batch
+        if piece < 1 or content % piece:
+            raise ValueError(f"a block of {full} tokens cannot be cut into blocks of {length}")
+        pieces = content // piece
+        shorter = dict(batch)
+        edges = {"input_ids": (torch.tensor(self.prefix, dtype=batch["input_ids"].dtype),
+                               torch.tensor(self.suffix, dtype=batch["input_ids"].dtype))}
+        for key in ("input_ids", "word_starts", "attention_mask"):
+            if key not in batch:
+                continue
+            middle = batch[key][:, start:start + content].reshape(rows * pieces, piece)
+            if key == "input_ids":
+                before, after = edges[key]
+            elif key == "attention_mask":  # the specials attend where their piece has any content
+                present = middle.any(dim=1, keepdim=True)
+                before, after = present.expand(-1, len(self.prefix)), present.expand(-1, len(self.suffix))
+            else:  # no special token starts a word
+                before = torch.zeros(len(self.prefix), dtype=middle.dtype)
+                after = torch.zeros(len(self.suffix), dtype=middle.dtype)
+            if before.dim() == 1:
+                before, after = before.expand(rows * pieces, -1), after.expand(rows * pieces, -1)
+            shorter[key] = torch.cat([before, middle, after], dim=1)
+        return shorter
+
     @classmethod
     def decoder(cls, tokenizer) -> "BlockLayout":
         """Bare content, EOS after each document (eos, else sep)."""

@@ -30,6 +30,7 @@ from sslnlp.files import ensure_writable, find_latest_checkpoint
 from sslnlp.training.averaging import WeightAverage, start_weight_average
 from sslnlp.training.checkpoint import checkpoint_layout, load_checkpoint, read_loop_state, resolve_resume, save_checkpoint
 from sslnlp.training.elastic import announce, current_layout, plan_resize
+from sslnlp.training.warmups import block_length_at, micro_batches_at, steps_for_tokens
 from sslnlp.config import PretrainConfig, to_dict
 from sslnlp.console import Progress, run_log, set_up_console, without_tied_weight_warnings
 from sslnlp.data.corpus import CorpusError
@@ -184,10 +185,29 @@ class Run:
     last_eval: dict = field(default_factory=dict)
     consecutive_bad: int = 0
     average: WeightAverage | None = None  # training.ema_decay: the weights' moving average
+    flops_at_length: dict = field(default_factory=dict)
 
     def averaged_weights(self):
         """A context in which the model holds the averaged weights (no change without weight averaging)."""
         return self.average.swapped_in() if self.average is not None else contextlib.nullcontext()
+
+    def micro_batches(self) -> int:
+        """Micro-batches of the step about to be taken (all of gradient_accumulation_steps, or the ramp's share)."""
+        training = self.config.training
+        return micro_batches_at(self.progress(), training.gradient_accumulation_steps, training.batch_size_warmup,
+                                training.batch_size_warmup_start)
+
+    def block_length(self) -> int:
+        """Block length of the step about to be taken (data.max_seq_length, or the sequence-length warmup's)."""
+        training = self.config.training
+        return block_length_at(self.progress(), self.config.data.max_seq_length, self.train_stream.dataset.layout.specials,
+                               training.sequence_length_warmup, training.sequence_length_warmup_start)
+
+    def flops_per_token(self, length: int) -> float:
+        """The model's FLOPs per token at a block length (the attention term grows with it)."""
+        if length not in self.flops_at_length:
+            self.flops_at_length[length] = self.objective.flops_per_token(self.model_config, length)
+        return self.flops_at_length[length]
 
     def progress(self, next_step: bool = False) -> float:
         """Fraction of the budget used (``next_step``: as of the end of the step being taken, for its learning rate)."""
@@ -255,7 +275,13 @@ def set_up(config: PretrainConfig, accelerator) -> Run:
 
     tokens_per_step = (training.per_device_train_batch_size * training.gradient_accumulation_steps
                        * accelerator.num_processes * data.max_seq_length)
-    budget_steps = training.max_steps or (math.ceil(training.max_tokens / tokens_per_step) if training.max_tokens else 0)
+    budget_steps = training.max_steps or (steps_for_tokens(training.max_tokens, tokens_per_step,
+                                                           training.gradient_accumulation_steps,
+                                                           training.batch_size_warmup, training.batch_size_warmup_start)
+                                          if training.max_tokens else 0)
+    if training.sequence_length_warmup and not hasattr(train_blocks.layout, "cut"):
+        raise TrainingError(f"training.sequence_length_warmup cuts packed blocks into shorter ones, but "
+                            f"{config.objective.name} reads unpacked segments; drop the warmup")
     run = Run(config=config, accelerator=accelerator, output_dir=output_dir, objective=objective, tokenizer=tokenizer,
               model_config=model_config, model=model, optimizer=optimizer, collator=collator, train_stream=train_stream,
               eval_batches=eval_batches, general_batches=general_batches, metrics=MetricsLog(accelerator, output_dir / "metrics.jsonl", bool(training.report_to)),
@@ -301,7 +327,10 @@ def train_step(run: Run, batches, preemption: PreemptionFlag) -> dict:
     """One optimizer step over gradient_accumulation_steps micro-batches; returns what the step measured."""
     accelerator, objective, training, model = run.accelerator, run.objective, run.config.training, run.model
     step_start = time.perf_counter()
-    micro_batches = [next(batches) for _ in range(training.gradient_accumulation_steps)]
+    length = run.config.data.max_seq_length
+    if training.sequence_length_warmup:  # the stream cuts the blocks of this step's micro-batches
+        length = run.train_stream.block_length = run.block_length()
+    micro_batches = [next(batches) for _ in range(run.micro_batches())]
     data_wait = time.perf_counter() - step_start
     micro_batches = [to_device(b, accelerator.device) for b in micro_batches]
     terms = list(objective.weights())
@@ -348,6 +377,8 @@ def train_step(run: Run, batches, preemption: PreemptionFlag) -> dict:
     return {"seconds": time.perf_counter() - step_start, "data_wait": data_wait, "finite": finite, "sums": step_sums,
             "metrics": step_metrics,
             "counts": {t: int(global_counts[t].item()) for t in terms}, "tokens": step_tokens * accelerator.num_processes,
+            "flops": step_tokens * accelerator.num_processes * run.flops_per_token(length),
+            "micro_batches": len(micro_batches), "block_length": length,
             "learning_rate": learning_rate, "preempted": bool(agreed[-1].item())}
 
 
@@ -372,6 +403,7 @@ def advance(run: Run, step: dict) -> None:
     loop, window, accelerator = run.loop, run.window, run.accelerator
     loop["step"] += 1
     loop["tokens"] += step["tokens"]
+    loop["flops"] = loop.get("flops", 0.0) + step["flops"]
     if run.config.training.max_time:  # every rank uses rank 0's clock, so all stop (and schedule) together
         elapsed = broadcast(torch.tensor([loop["elapsed"] + step["seconds"]], dtype=torch.float64, device=accelerator.device))
         loop["elapsed"] = float(elapsed.item())
@@ -384,8 +416,10 @@ def advance(run: Run, step: dict) -> None:
             counts[term] = counts.get(term, 0) + step["counts"][term]
         for name, (value, term) in step["metrics"].items():
             metrics.setdefault(name, [0, term])[0] += value
-    for key, value in (("steps", 1), ("tokens", step["tokens"]), ("seconds", step["seconds"]), ("wait", step["data_wait"])):
+    for key, value in (("steps", 1), ("tokens", step["tokens"]), ("seconds", step["seconds"]), ("wait", step["data_wait"]),
+                       ("flops", step["flops"])):
         window[key] = window.get(key, 0) + value
+    window["micro_batches"], window["block_length"] = step["micro_batches"], step["block_length"]
 
 
 def log_window(run: Run, learning_rate: float, progress_bar) -> None:
@@ -399,9 +433,16 @@ def log_window(run: Run, learning_rate: float, progress_bar) -> None:
     tokens_per_second = window.get("tokens", 0) / seconds
     record = {"step": run.loop["step"], "loss": weighted_loss(objective, sums, counts), "learning_rate": learning_rate,
               "tokens": run.loop["tokens"], "tokens_per_second": tokens_per_second,
-              "model_flops_utilization": tokens_per_second * run.model_flops_per_token / run.peak_flops if run.peak_flops else None,
+              # per device: the window's FLOPs (at each step's block length) over its seconds and the processes
+              "model_flops_utilization": (window.get("flops", 0.0) / seconds / accelerator.num_processes / run.peak_flops
+                                          if run.peak_flops else None),
               "data_wait_fraction": window.get("wait", 0.0) / seconds, "elapsed": run.loop["elapsed"],
               "nonfinite_steps": run.loop.get("nonfinite_steps", 0)}
+    training = run.config.training
+    if training.batch_size_warmup:  # the last step's size, on the ramp's schedule
+        record["micro_batches"] = window.get("micro_batches")
+    if training.sequence_length_warmup:
+        record["block_length"] = window.get("block_length")
     if len(terms) > 1:
         record.update({f"{t}_loss": sums[t] / counts[t] if counts[t] else None for t in terms})
     pending_metrics = window.get("metrics", {})
@@ -491,7 +532,7 @@ def finish(run: Run) -> dict:
                "tokens_per_second": tokens_per_second, "model_flops_per_token": run.model_flops_per_token,
                "world_size": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
                "nonfinite_steps": loop.get("nonfinite_steps", 0), "ema_decay": run.config.training.ema_decay,
-               "model_flops_utilization": (tokens_per_second / accelerator.num_processes * run.model_flops_per_token
+               "model_flops_utilization": (loop.get("flops", 0.0) / max(loop["elapsed"], 1e-9) / accelerator.num_processes
                                            / run.peak_flops) if run.peak_flops else None,
                "output_dir": str(run.output_dir), **{k: v for k, v in run.last_eval.items() if k != "step"},
                "provenance": loop["provenance"], **adaptation_summary(run),
