@@ -6,6 +6,7 @@
     python benchmarks/throughput.py --model base --precision bf16 --steps 4 --warmup 2 --repeats 2   # BERT-base, CPU
     python benchmarks/throughput.py --device cuda                     # one GPU: BERT-base, bf16 (under 5 minutes)
     python benchmarks/throughput.py --loss-check 300                  # loss trajectories side by side (fp32)
+    python benchmarks/throughput.py --compile --model cram --precision bf16   # sslnlp, torch_compile off vs on
 
 Run from the repository root. Both pipelines train the same BERT (tiny: hidden 256, 4 layers, 4 heads, intermediate
 1024; base: 768, 12, 12, 3072; max_position_embeddings 512), initialised from the same seed, on
@@ -26,6 +27,12 @@ sslnlp.models.modeling.flops_per_token with each pipeline's predicted fraction (
 mlm_probability) over one peak measured once in the parent (CPU: a bf16 or fp32 matmul; GPU: the table of known
 peaks). The reference's dataset is built once (not timed) and cached under /tmp. The last line is the ratio of the
 median tokens/s.
+
+``--compile`` compares sslnlp with ``training.torch_compile`` off (A) and on (B) instead, alternated the same way:
+steady-state tokens/s of each, and the compile time apart: the compiled run's first --warmup steps minus the
+uncompiled run's (their medians). ``--model cram`` is recipes/cram-cpu.yaml's ModernBERT (read from the recipe).
+The last lines say whether compiling pays within a 20-minute run: the steady-state saving over 1,200 s against the
+compile time.
 
 ``--precision defaults`` compares what each gives without tuning: sslnlp's defaults (mixed_precision auto -> bf16
 on CPUs with AVX-512 BF16 / AMX, sparse prediction, its vocabulary rounded up to a multiple of 64) against
@@ -97,6 +104,13 @@ def build_reference_dataset(corpus: str, tokenizer_dir: str) -> str:
 # ---------------------------------------------------------------------------------------------- the two children
 
 
+def cram_model() -> dict:
+    """recipes/cram-cpu.yaml's model section: {"model_type": ..., "config_overrides": {...}}."""
+    import yaml
+
+    return yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes" / "cram-cpu.yaml").read_text())["model"]
+
+
 def child_sslnlp(spec: dict) -> dict:
     """One sslnlp run through pretrain(); per-step figures from its metrics.jsonl."""
     from sslnlp.config import DataConfig, ModelConfig, PretrainConfig, TokenizerConfig, TrainingConfig
@@ -105,9 +119,10 @@ def child_sslnlp(spec: dict) -> dict:
 
     defaults = spec["precision"] == "defaults"
     with tempfile.TemporaryDirectory(prefix="sslnlp-bench-run-") as output_dir:
-        model = ModelConfig(model_type="bert", config_overrides=dict(spec["model"]))
+        model = ModelConfig(model_type=spec.get("model_type", "bert"), config_overrides=dict(spec["model"]))
         training = TrainingConfig(per_device_train_batch_size=spec["batch_size"], max_steps=spec["steps"],
-                                  logging_steps=1, save_steps=0, peak_flops=spec["peak_flops"], seed=spec["seed"])
+                                  logging_steps=1, save_steps=0, peak_flops=spec["peak_flops"], seed=spec["seed"],
+                                  torch_compile=spec.get("torch_compile", False))
         if not defaults:
             model.pad_vocab_to_multiple_of = 1  # the reference's vocabulary exactly: the same model
             training.mixed_precision = {"fp32": "no", "bf16": "bf16"}[spec["precision"]]
@@ -240,11 +255,46 @@ def measure_peak_flops(device: str, precision: str) -> float:
 
 
 def model_flops(spec: dict, predicted_fraction: float) -> float:
-    from transformers import BertConfig
+    from transformers import AutoConfig
 
     from sslnlp.models.modeling import flops_per_token
 
-    return flops_per_token(BertConfig(vocab_size=VOCAB_SIZE, **spec["model"]), spec["sequence_length"], predicted_fraction)
+    config = AutoConfig.for_model(spec.get("model_type", "bert"), vocab_size=VOCAB_SIZE, **spec["model"])
+    return flops_per_token(config, spec["sequence_length"], predicted_fraction)
+
+
+def compare_compile(args, base_spec: dict) -> None:
+    """sslnlp with torch_compile off and on, alternated: steady-state tokens/s, and the compile time apart."""
+    peak = measure_peak_flops(args.device, "bf16" if args.precision == "bf16" else "fp32")
+    base_spec["peak_flops"] = peak
+    from sslnlp.objectives import get_objective
+
+    flops = model_flops(base_spec, get_objective("mlm").Config().mlm_probability)  # the runs' sparse head
+    print(f"peak {peak / 1e12:.2f} TFLOP/s; load average {load_average()}", flush=True)
+    arms = {"eager": [], "compiled": []}
+    for repeat in range(args.repeats):
+        for arm in arms:
+            result = run_child(dict(base_spec, pipeline="sslnlp", torch_compile=arm == "compiled"))
+            figures = steady_state(result, args.warmup)
+            figures["first_steps_seconds"] = sum(step["seconds"] for step in result["steps"][:args.warmup])
+            figures["process_seconds"] = result["process_seconds"]
+            arms[arm].append(figures)
+            print(f"run {repeat + 1} {arm:8s} {figures['tokens_per_second']:>9,.0f} tokens/s step median "
+                  f"{figures['step_median_ms']:7.1f} ms MFU {100 * figures['tokens_per_second'] * flops / peak:5.1f}% "
+                  f"first {args.warmup} steps {figures['first_steps_seconds']:6.1f} s, process "
+                  f"{figures['process_seconds']:6.1f} s", flush=True)
+    median = {arm: {key: statistics.median(run[key] for run in runs) for key in runs[0]} for arm, runs in arms.items()}
+    for arm, m in median.items():
+        spread = [run["tokens_per_second"] for run in arms[arm]]
+        print(f"median {arm:8s} {m['tokens_per_second']:>9,.0f} tokens/s (spread {min(spread):,.0f}-{max(spread):,.0f}) "
+              f"MFU {100 * m['tokens_per_second'] * flops / peak:5.1f}%, first {args.warmup} steps "
+              f"{m['first_steps_seconds']:.1f} s")
+    compile_seconds = median["compiled"]["first_steps_seconds"] - median["eager"]["first_steps_seconds"]
+    speedup = median["compiled"]["tokens_per_second"] / median["eager"]["tokens_per_second"]
+    saved = 1200 * (1 - 1 / speedup)  # seconds of a 20-minute eager run's work saved at the compiled rate
+    print(f"ratio compiled/eager steady-state tokens/s: {speedup:.3f}; compile time {compile_seconds:.1f} s; over a "
+          f"20-minute run compiling saves {saved:.0f} s of steps and costs {compile_seconds:.0f} s: "
+          f"{'pays' if saved > compile_seconds else 'does not pay'} (net {saved - compile_seconds:+.0f} s)")
 
 
 def compare(args, base_spec: dict) -> float:
@@ -311,7 +361,9 @@ def main() -> None:
     parser.add_argument("--precision", choices=("fp32", "bf16", "defaults"), default=None,
                         help="both in fp32, both in bf16 autocast, or each pipeline's defaults (default: bf16 on "
                              "--device cuda, else fp32)")
-    parser.add_argument("--model", choices=tuple(MODELS), default=None, help="tiny (default on CPU) or base (on cuda)")
+    parser.add_argument("--model", choices=tuple(MODELS) + ("cram",), default=None,
+                        help="tiny (default on CPU), base (default on cuda) or cram (recipes/cram-cpu.yaml's ModernBERT)")
+    parser.add_argument("--compile", action="store_true", help="sslnlp with training.torch_compile off vs on")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--steps", type=int, default=None, help="steps per run, warmup included (default 35; cuda 60)")
     parser.add_argument("--warmup", type=int, default=None, help="first steps of each run left out (default 5; cuda 10)")
@@ -357,14 +409,21 @@ def main() -> None:
     import torch
     import transformers
 
-    print(f"{args.model} BERT {MODELS[args.model]}, vocabulary {len(tokenizer)}, batch {args.batch_size} x {BLOCK_LENGTH}, "
+    if args.model == "cram":
+        MODELS["cram"] = cram_model()["config_overrides"]
+    print(f"{args.model} {MODELS[args.model]}, vocabulary {len(tokenizer)}, batch {args.batch_size} x {BLOCK_LENGTH}, "
           f"{args.device}, precision {args.precision}; {args.repeats} x {args.steps} steps, first {args.warmup} left "
           f"out; torch {torch.__version__} ({torch.get_num_threads()} threads), transformers {transformers.__version__}"
           + (f"; sslnlp overrides {overrides}" if overrides else ""), flush=True)
-    base_spec = {"model": MODELS[args.model], "batch_size": args.batch_size, "sequence_length": BLOCK_LENGTH,
+    base_spec = {"model": MODELS[args.model], "model_type": cram_model()["model_type"] if args.model == "cram" else "bert",
+                 "batch_size": args.batch_size, "sequence_length": BLOCK_LENGTH,
                  "steps": args.steps, "precision": args.precision, "device": args.device, "corpus": args.corpus,
                  "tokenizer_dir": tokenizer_dir, "dataset_dir": dataset_dir, "learning_rate": args.learning_rate,
                  "seed": SEED, "sslnlp_overrides": overrides}
+    if args.compile:
+        compare_compile(args, base_spec)
+        print(f"total wall time {time.perf_counter() - started:.0f} s")
+        return
     if args.loss_check:
         loss_check(args, base_spec)
         print(f"total wall time {time.perf_counter() - started:.0f} s")

@@ -404,6 +404,8 @@ def advance(run: Run, step: dict) -> None:
     loop["step"] += 1
     loop["tokens"] += step["tokens"]
     loop["flops"] = loop.get("flops", 0.0) + step["flops"]
+    # device-seconds: the MFU of a run resumed on another number of processes counts each part on its devices
+    loop["device_seconds"] = loop.get("device_seconds", 0.0) + step["seconds"] * run.accelerator.num_processes
     if run.config.training.max_time:  # every rank uses rank 0's clock, so all stop (and schedule) together
         elapsed = broadcast(torch.tensor([loop["elapsed"] + step["seconds"]], dtype=torch.float64, device=accelerator.device))
         loop["elapsed"] = float(elapsed.item())
@@ -532,7 +534,7 @@ def finish(run: Run) -> dict:
                "tokens_per_second": tokens_per_second, "model_flops_per_token": run.model_flops_per_token,
                "world_size": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
                "nonfinite_steps": loop.get("nonfinite_steps", 0), "ema_decay": run.config.training.ema_decay,
-               "model_flops_utilization": (loop.get("flops", 0.0) / max(loop["elapsed"], 1e-9) / accelerator.num_processes
+               "model_flops_utilization": (loop.get("flops", 0.0) / max(loop.get("device_seconds", 0.0), 1e-9)
                                            / run.peak_flops) if run.peak_flops else None,
                "output_dir": str(run.output_dir), **{k: v for k, v in run.last_eval.items() if k != "step"},
                "provenance": loop["provenance"], **adaptation_summary(run),
