@@ -66,11 +66,15 @@ class BlockSource(torch.utils.data.IterableDataset):
         """This rank's stream state (``BlockStream.state_dict``) from the states every rank of a checkpoint saved (in
         rank order), and what the resume keeps. The same shards: exactly where they were; sources that can continue
         on another number of shards override this."""
-        if saved[0]["shard_count"] != self.shard_count:
-            raise ValueError(f"the saved data position was made with {saved[0]['shard_count']} shards (ranks x "
-                             f"workers) but this run has {self.shard_count}; resume with the same number of processes "
-                             "and data.num_workers")
+        check_same_shards(saved[0]["shard_count"], self.shard_count)
         return saved[self.rank], {"exact": True}
+
+
+def check_same_shards(saved: int, running: int) -> None:
+    """Refuse a data position made with another number of shards than this run reads, in one line."""
+    if saved != running:
+        raise ValueError(f"the saved data position was made with {saved} shards (ranks x workers) but this run has "
+                         f"{running}; resume with the same number of processes and data.num_workers")
 
 
 def _identity(chunk):
@@ -209,10 +213,7 @@ class BlockStream:
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from ``state`` (this rank's, or what ``BlockSource.resume_state`` made of another layout's)."""
-        if state["shard_count"] != self.dataset.shard_count:
-            raise ValueError(f"the saved data position was made with {state['shard_count']} shards (ranks x workers) "
-                             f"but this run has {self.dataset.shard_count}; resume with the same number of processes "
-                             "and data.num_workers")
+        check_same_shards(state["shard_count"], self.dataset.shard_count)
         self.shard_states = {int(k): v for k, v in state["shard_states"].items()}
         self.chunks_consumed = state["chunks_consumed"]
         self.blocks_consumed = state["blocks_consumed"]

@@ -76,24 +76,20 @@ class BlockLayout:
             return batch
         if piece < 1 or content % piece:
             raise ValueError(f"a block of {full} tokens cannot be cut into blocks of {length}")
-        pieces = content // piece
+        count = rows * content // piece  # the shorter blocks
         shorter = dict(batch)
-        edges = {"input_ids": (torch.tensor(self.prefix, dtype=batch["input_ids"].dtype),
-                               torch.tensor(self.suffix, dtype=batch["input_ids"].dtype))}
         for key in ("input_ids", "word_starts", "attention_mask"):
             if key not in batch:
                 continue
-            middle = batch[key][:, start:start + content].reshape(rows * pieces, piece)
+            middle = batch[key][:, start:start + content].reshape(count, piece)
             if key == "input_ids":
-                before, after = edges[key]
+                before = torch.tensor(self.prefix, dtype=middle.dtype).expand(count, -1)
+                after = torch.tensor(self.suffix, dtype=middle.dtype).expand(count, -1)
             elif key == "attention_mask":  # the specials attend where their piece has any content
                 present = middle.any(dim=1, keepdim=True)
                 before, after = present.expand(-1, len(self.prefix)), present.expand(-1, len(self.suffix))
             else:  # no special token starts a word
-                before = torch.zeros(len(self.prefix), dtype=middle.dtype)
-                after = torch.zeros(len(self.suffix), dtype=middle.dtype)
-            if before.dim() == 1:
-                before, after = before.expand(rows * pieces, -1), after.expand(rows * pieces, -1)
+                before, after = middle.new_zeros(count, len(self.prefix)), middle.new_zeros(count, len(self.suffix))
             shorter[key] = torch.cat([before, middle, after], dim=1)
         return shorter
 
@@ -262,7 +258,6 @@ class CorpusBlocks(BlockSource):
         last = self.last_rows(packer)
         if last is not None:
             yield {"shard": shard, "state": None, **last}
-
 
     def resume_state(self, saved: list[dict]) -> tuple[dict, dict]:
         """On other shards (another number of processes or workers): every new shard continues from the furthest

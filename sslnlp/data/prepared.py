@@ -17,9 +17,9 @@ Layout of a prepared directory (Arrow IPC stream files, the format of Hugging Fa
 
 Reading (``PreparedBlocks``, a ``BlockSource`` like the streaming ``PackedBlocks``): one global order of the split's
 blocks per epoch (chunks of ``CHUNK_BLOCKS`` stored blocks in a seeded order when ``data.shuffle_documents`` is set,
-then windows of ``data.shuffle_buffer_size`` blocks permuted), cut into optimizer steps; ranks take disjoint slices
-of each step, so the blocks of a step do not depend on the number of processes or workers and a run resumes on any
-number of them reading exactly what the uninterrupted run would have read. Blocks are taken from the memory-mapped
+then windows of ``data.shuffle_buffer_size`` blocks permuted), cut into micro-steps (per-device batch x processes);
+ranks take disjoint slices of each, so the blocks of a step do not depend on the number of processes or workers and
+a run resumes on any number of them reading exactly what the uninterrupted run would have read. Blocks are taken from the memory-mapped
 shards (memory stays flat in corpus size). A remote location (any fsspec URL: ``s3://``, ``gs://``,
 ``hf://datasets/...``) is read through fsspec, each shard file fetched once into a local cache (``SSLNLP_CACHE``,
 default ``~/.cache/sslnlp``) and checked against the manifest's sha256.
@@ -35,7 +35,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-
 import torch
 
 from sslnlp.data.blocks import BlockSource

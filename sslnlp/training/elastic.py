@@ -82,9 +82,9 @@ def plan_resize(checkpoint, saved_layout: dict, config, processes: int, engine: 
                                 f"of processes dividing {sentences}")
         after_batch = sentences // processes
     if global_batch % (after_batch * processes):
-        divisors = [d for d in range(1, global_batch // processes + 1) if (global_batch // processes) % d == 0]
-        hint = (f"set training.per_device_train_batch_size to a divisor of {global_batch // processes} (e.g. "
-                f"{max(d for d in divisors if d <= after_batch)})" if global_batch % processes == 0
+        per_process = global_batch // processes
+        hint = (f"set training.per_device_train_batch_size to a divisor of {per_process} (e.g. "
+                f"{max(d for d in range(1, after_batch + 1) if per_process % d == 0)})" if global_batch % processes == 0
                 else f"resume on a number of processes dividing {global_batch}")
         raise TrainingError(f"{where}; {processes} process(es) x per_device_train_batch_size={after_batch} cannot "
                             f"keep it with whole micro-batches: {hint}")

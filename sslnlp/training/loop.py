@@ -176,7 +176,6 @@ class Run:
     metrics: MetricsLog
     budget_steps: int
     warmup: float
-    model_flops_per_token: float
     peak_flops: float
     callbacks: list = field(default_factory=list)
     loop: dict = field(default_factory=lambda: {"step": 0, "tokens": 0, "elapsed": 0.0, "epoch_blocks": 0})
@@ -287,7 +286,6 @@ def set_up(config: PretrainConfig, accelerator) -> Run:
               eval_batches=eval_batches, general_batches=general_batches, metrics=MetricsLog(accelerator, output_dir / "metrics.jsonl", bool(training.report_to)),
               budget_steps=budget_steps,
               warmup=(training.warmup_steps / budget_steps if training.warmup_steps and budget_steps else training.warmup_ratio),
-              model_flops_per_token=objective.flops_per_token(model_config, data.max_seq_length),
               peak_flops=peak_flops_per_second(accelerator.device, accelerator.mixed_precision, training.peak_flops))
     provenance = run_provenance(config_values, tokenizer, train_corpus)
     if resume is not None:
@@ -531,7 +529,8 @@ def finish(run: Run) -> dict:
     summary = {"steps": loop["step"], "tokens": loop["tokens"], "epochs": run.train_stream.epochs,
                "train_runtime": loop["elapsed"],
                "train_loss": run.last_logged["loss"] if run.last_logged else None,
-               "tokens_per_second": tokens_per_second, "model_flops_per_token": run.model_flops_per_token,
+               "tokens_per_second": tokens_per_second,
+               "model_flops_per_token": run.flops_per_token(run.config.data.max_seq_length),
                "world_size": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
                "nonfinite_steps": loop.get("nonfinite_steps", 0), "ema_decay": run.config.training.ema_decay,
                "model_flops_utilization": (loop.get("flops", 0.0) / max(loop.get("device_seconds", 0.0), 1e-9)
@@ -554,14 +553,14 @@ def export(run: Run, output_dir) -> None:
         run.objective.export(run.accelerator, run.model, run.tokenizer, output_dir)
 
 
-def evaluate_model(run: Run, batches: list | None = None) -> dict:
+def evaluate_model(run: Run) -> dict:
     """``evaluate`` of the model the run publishes: with weight averaging the averaged weights' metrics, and the
     training weights' loss as ``raw_eval_loss``."""
     if run.average is None:
-        return evaluate(run, batches)
+        return evaluate(run)
     with run.averaged_weights():
-        result = evaluate(run, batches)
-    return {**result, "raw_eval_loss": evaluate(run, batches)["eval_loss"]}
+        result = evaluate(run)
+    return {**result, "raw_eval_loss": evaluate(run)["eval_loss"]}
 
 
 def adaptation_summary(run: Run) -> dict:
@@ -739,7 +738,8 @@ def train_run(config: PretrainConfig, accelerator) -> dict:
                 say(run, f"step {run.loop['step']}: " + ", ".join(
                     f"{k}={v:.4g}" for k, v in run.last_eval.items() if k != "step"))
             if done and run.general_batches:
-                general = {"general_eval_loss": evaluate_model(run, run.general_batches)["eval_loss"]}
+                with run.averaged_weights():  # the published model's; the training weights' is not reported here
+                    general = {"general_eval_loss": evaluate(run, run.general_batches)["eval_loss"]}
                 run.last_eval = {**run.last_eval, **general}
                 run.metrics.write({"step": run.loop["step"], **general, "tokens": run.loop["tokens"],
                                    "elapsed": run.loop["elapsed"]})
