@@ -6,6 +6,7 @@ against recipes/cram-cpu.yaml at the same CPU budget, every arm with two seeds.
     python benchmarks/levers.py --budget 240 --seeds 42  # a short pass (ablations)
     python benchmarks/levers.py --electra-ablate --budget 240            # ELECTRA-on-ModernBERT lr / warmup / temperature
     python benchmarks/levers.py --combine weight-averaging sequence-warmup   # the best combination, as one more arm
+    python benchmarks/levers.py --table                  # the table of every arm and seed finished so far
 
 TEAM-LOCAL: trains on ../shared/corpora/train.jsonl.xz and scores on wordnet_supersense exactly as benchmarks/cram.py
 does (one shared WordPiece 8,192 tokenizer; benchmarks/recipes/evaluate/cram-wordnet.yaml: the mean-pooled probe,
@@ -31,6 +32,8 @@ The arms (dotted overrides of recipes/cram-cpu.yaml):
 from __future__ import annotations
 
 import argparse
+import glob
+import hashlib
 import json
 import statistics
 import sys
@@ -41,7 +44,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from cram import evaluate, run_recipe, shared_tokenizer  # noqa: E402  (the recipe, data and scoring of cram.py)
+from cram import EVALUATION_RECIPE, evaluate, run_recipe, shared_tokenizer  # noqa: E402  (the recipe, data and scoring of cram.py)
 
 ELECTRA_RECIPE = yaml.safe_load((ROOT / "recipes" / "electra-cpu.yaml").read_text())
 ELECTRA_BACKBONE = ["model.model_type=electra",
@@ -75,18 +78,48 @@ def arm_run(output: Path, name: str, seed: int, budget: float, tokenizer: str, o
     """Train (unless done) and score (unless done) one arm for one seed; its row."""
     folder = output / f"{name}-seed{seed}"
     row_file = folder / "row.json"
-    if row_file.is_file():
-        return json.loads(row_file.read_text())
     seeded = [*overrides, f"training.seed={seed}", f"data.seed={seed}"]
+    if row_file.is_file():
+        row = json.loads(row_file.read_text())
+        if row["overrides"] != seeded:  # a finished arm is kept: it must be the arm asked for
+            raise SystemExit(f"{row_file} was trained with {row['overrides']}, not {seeded}: pass the same "
+                             f"overrides, or move {folder} away to train it again")
+        return row
     if not (folder / "model" / "summary.json").is_file():
         run_recipe(folder / "model", budget, tokenizer, seeded)
     summary = json.loads((folder / "model" / "summary.json").read_text())
-    scores = evaluate(folder / "model", folder / "scores", finetune)
+    scores = scored(output, folder, finetune)
     row = {"arm": name, "seed": seed, "overrides": seeded, "tokens": summary["tokens"],
            "train_runtime": summary["train_runtime"], "eval_loss": summary.get("eval_loss"),
            "objective": "electra" if any("objective.name=electra" in o for o in seeded) else "mlm", "scores": scores}
     row_file.write_text(json.dumps(row, indent=2, default=str))
     return row
+
+
+def floors_file(output: Path, model_dir: Path, finetune: bool) -> Path:
+    """Where the random-weight floors of this architecture are kept: the twin is drawn from the evaluation's seed, not
+    the training seed, so every arm and seed of one architecture (config and tokenizer) has the same floors."""
+    config = json.loads((model_dir / "config.json").read_text())
+    for key in ("_name_or_path", "architectures", "id2label", "label2id"):  # the twin: AutoModel, the task's own head
+        config.pop(key, None)
+    text = json.dumps([config, (model_dir / "tokenizer.json").read_text(), EVALUATION_RECIPE.read_text(), finetune],
+                      sort_keys=True)
+    return output / "floors" / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
+
+
+def scored(output: Path, folder: Path, finetune: bool) -> dict:
+    """The probe, kNN and fine-tunes of one trained arm; its floors computed once per architecture (a fine-tune floor
+    is 3 x ~110 s here) and reused."""
+    cache = floors_file(output, folder / "model", finetune)
+    if cache.is_file():
+        scores = evaluate(folder / "model", folder / "scores", finetune, ["random_baseline=false"])
+        scores.update(json.loads(cache.read_text()) | {"floors_from": str(cache)})
+        return scores
+    scores = evaluate(folder / "model", folder / "scores", finetune)
+    cache.parent.mkdir(exist_ok=True)
+    cache.write_text(json.dumps({key: scores[key] for key in scores if key.startswith("random_")}, indent=2,
+                                default=str))
+    return scores
 
 
 def score(row: dict, key: str, metric: str = "accuracy"):
@@ -102,7 +135,24 @@ def score(row: dict, key: str, metric: str = "accuracy"):
     return (scores.get("median") or {}).get(metric)
 
 
+def finished_rows(output: Path, arms: list[str], seeds: list[int]) -> list[dict]:
+    """Every scored row under ``output`` of these arms (whichever invocation or session ran it), in the arms' order,
+    then the seeds' (other seeds last)."""
+    rows = []
+    for name in arms:
+        found = [json.loads(path.read_text()) for path in output.glob(f"{glob.escape(name)}-seed*/row.json")]
+        rows += sorted(found, key=lambda row: (seeds.index(row["seed"]) if row["seed"] in seeds else len(seeds),
+                                               row["seed"]))
+    return rows
+
+
+def mean(values: list) -> float | None:
+    values = [value for value in values if value is not None]
+    return statistics.mean(values) if values else None
+
+
 def table(rows: list[dict]) -> str:
+    """Each seed's row, then each arm's means over its seeds and their difference from cram-cpu's."""
     percent = lambda value: "–" if value is None else f"{100 * value:.1f}"  # noqa: E731
     lines = ["| arm | seed | tokens | held-out MLM loss | probe (floor) | kNN (floor) | fine-tune median of 3 (floor) |",
              "|---|---:|---:|---:|---|---|---|"]
@@ -113,13 +163,20 @@ def table(rows: list[dict]) -> str:
                      f"{percent(score(row, 'knn'))} ({percent(score(row, 'random_knn'))}) | "
                      f"{percent(score(row, 'finetune'))} ({percent(score(row, 'random_finetune'))}) |")
     arms = sorted({row["arm"] for row in rows}, key=[row["arm"] for row in rows].index)
-    lines += ["", "| arm | seeds | probe mean | fine-tune mean |", "|---|---:|---:|---:|"]
+    means = {arm: {key: mean([score(row, key) for row in rows if row["arm"] == arm])
+                   for key in ("probe", "knn", "finetune")} for arm in arms}
+    baseline = means.get("cram-cpu")
+
+    def cell(arm: str, key: str) -> str:
+        value = means[arm][key]
+        if value is None or baseline is None or baseline[key] is None or arm == "cram-cpu":
+            return percent(value)
+        return f"{percent(value)} ({100 * (value - baseline[key]):+.1f})"
+
+    lines += ["", "| arm | seeds | probe mean (vs cram-cpu) | kNN mean | fine-tune mean |", "|---|---|---:|---:|---:|"]
     for arm in arms:
-        mine = [row for row in rows if row["arm"] == arm]
-        probes = [score(row, "probe") for row in mine if score(row, "probe") is not None]
-        tunes = [score(row, "finetune") for row in mine if score(row, "finetune") is not None]
-        lines.append(f"| {arm} | {len(mine)} | {percent(statistics.mean(probes)) if probes else '–'} | "
-                     f"{percent(statistics.mean(tunes)) if tunes else '–'} |")
+        seeds = ", ".join(str(row["seed"]) for row in rows if row["arm"] == arm)
+        lines.append(f"| {arm} | {seeds} | {cell(arm, 'probe')} | {cell(arm, 'knn')} | {cell(arm, 'finetune')} |")
     return "\n".join(lines)
 
 
@@ -134,6 +191,7 @@ def main() -> None:
     parser.add_argument("--combine", nargs="*", default=None, help="arms whose overrides make one more arm, 'best'")
     parser.add_argument("--electra-ablate", action="store_true", help="ELECTRA on ModernBERT, one change at a time")
     parser.add_argument("--skip-finetune", action="store_true", help="probe and kNN only")
+    parser.add_argument("--table", action="store_true", help="train nothing: the table of the arms finished so far")
     arguments = parser.parse_args()
     output = Path(arguments.output)
     output.mkdir(parents=True, exist_ok=True)
@@ -145,11 +203,13 @@ def main() -> None:
                 for name, changes in ELECTRA_GRID.items()}
     if arguments.combine:
         arms["best"] = [override for name in arguments.combine for override in ARMS[name]]
-    chosen = [name for name in arms if arguments.only is None or name in arguments.only or name == "best"]
-    rows = [arm_run(output, name, seed, arguments.budget, tokenizer, arms[name], not arguments.skip_finetune)
-            for name in chosen for seed in arguments.seeds]
-    text = table(rows)
-    (output / "levers.md").write_text(text + "\n")
+    chosen = [name for name in arms if not arguments.table
+              and (arguments.only is None or name in arguments.only or name == "best")]
+    for name in chosen:
+        for seed in arguments.seeds:
+            arm_run(output, name, seed, arguments.budget, tokenizer, arms[name], not arguments.skip_finetune)
+    text = table(finished_rows(output, list(arms), arguments.seeds))  # this invocation's arms, every seed found
+    (output / ("electra-ablation.md" if arguments.electra_ablate else "levers.md")).write_text(text + "\n")
     print(text)
 
 
