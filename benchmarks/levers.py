@@ -91,6 +91,7 @@ def arm_run(output: Path, name: str, seed: int, budget: float, tokenizer: str, o
     scores = scored(output, folder, finetune)
     row = {"arm": name, "seed": seed, "overrides": seeded, "tokens": summary["tokens"],
            "train_runtime": summary["train_runtime"], "eval_loss": summary.get("eval_loss"),
+           "eval_generator_loss": summary.get("eval_generator_loss"),
            "objective": "electra" if any("objective.name=electra" in o for o in seeded) else "mlm", "scores": scores}
     row_file.write_text(json.dumps(row, indent=2, default=str))
     return row
@@ -154,14 +155,21 @@ def mean(values: list) -> float | None:
 def table(rows: list[dict]) -> str:
     """Each seed's row, then each arm's means over its seeds and their difference from cram-cpu's."""
     percent = lambda value: "–" if value is None else f"{100 * value:.1f}"  # noqa: E731
-    lines = ["| arm | seed | tokens | held-out MLM loss | probe (floor) | kNN (floor) | fine-tune median of 3 (floor) |",
-             "|---|---:|---:|---:|---|---|---|"]
+    def spread(row: dict) -> str:  # the fine-tune seeds' (min-max)
+        runs = row["scores"].get("finetune") or {}
+        if "min" not in runs:
+            return ""
+        return f" ({percent(runs['min']['accuracy'])}-{percent(runs['max']['accuracy'])})"
+
+    lines = ["| arm | seed | tokens | held-out MLM loss | probe (floor) | kNN (floor) | fine-tune, median (min-max) of 3 "
+             "seeds (floor) |", "|---|---:|---:|---:|---|---|---|"]
     for row in rows:
-        loss = f"{row['eval_loss']:.3f}" if row["eval_loss"] is not None and row["objective"] == "mlm" else "–"
+        loss = row["eval_loss"] if row["objective"] == "mlm" else row.get("eval_generator_loss")
+        loss = "–" if loss is None else f"{loss:.3f}" + (" (generator)" if row["objective"] == "electra" else "")
         lines.append(f"| {row['arm']} | {row['seed']} | {row['tokens']:,} | {loss} | "
                      f"{percent(score(row, 'probe'))} ({percent(score(row, 'random_probe'))}) | "
                      f"{percent(score(row, 'knn'))} ({percent(score(row, 'random_knn'))}) | "
-                     f"{percent(score(row, 'finetune'))} ({percent(score(row, 'random_finetune'))}) |")
+                     f"{percent(score(row, 'finetune'))}{spread(row)} ({percent(score(row, 'random_finetune'))}) |")
     arms = sorted({row["arm"] for row in rows}, key=[row["arm"] for row in rows].index)
     means = {arm: {key: mean([score(row, key) for row in rows if row["arm"] == arm])
                    for key in ("probe", "knn", "finetune")} for arm in arms}
@@ -195,7 +203,6 @@ def main() -> None:
     arguments = parser.parse_args()
     output = Path(arguments.output)
     output.mkdir(parents=True, exist_ok=True)
-    tokenizer = shared_tokenizer(output)
     arms = dict(ARMS)
     arms["electra-modernbert"] = [*ARMS["electra-modernbert"], *arguments.electra_overrides]
     if arguments.electra_ablate:
@@ -205,6 +212,7 @@ def main() -> None:
         arms["best"] = [override for name in arguments.combine for override in ARMS[name]]
     chosen = [name for name in arms if not arguments.table
               and (arguments.only is None or name in arguments.only or name == "best")]
+    tokenizer = shared_tokenizer(output) if chosen else None
     for name in chosen:
         for seed in arguments.seeds:
             arm_run(output, name, seed, arguments.budget, tokenizer, arms[name], not arguments.skip_finetune)

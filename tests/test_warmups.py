@@ -52,6 +52,10 @@ def test_the_batch_grows_on_schedule_and_resumes_exactly(corpus_file, wordpiece_
     assert records(tmp_path / "whole", "micro_batches") == [1, 2, 3, 3, 4, 4, 4, 4]
     assert per_step_tokens(tmp_path / "whole") == [m * 2 * 32 for m in (1, 2, 3, 3, 4, 4, 4, 4)]
     assert whole["tokens"] == 25 * 2 * 32
+    # MFU: every token at the full length's FLOPs, over the run's seconds and the peak it measured and reports
+    assert whole["peak_flops_per_second"] > 0 and 0 < whole["model_flops_utilization"] < 1
+    assert whole["model_flops_utilization"] * whole["peak_flops_per_second"] * whole["train_runtime"] == \
+        pytest.approx(whole["tokens"] * whole["model_flops_per_token"], rel=1e-9)
     (tmp_path / "resumed" / "checkpoints").mkdir(parents=True)
     shutil.copytree(tmp_path / "whole" / "checkpoints" / "checkpoint-00000003",
                     tmp_path / "resumed" / "checkpoints" / "checkpoint-00000003")
@@ -89,6 +93,9 @@ def test_blocks_are_cut_shorter_on_schedule_and_resume_exactly(data, corpus_file
     # 30 content tokens a block in k pieces of 30/k + 2 tokens: 8 x (30 + 2k) tokens a step
     assert per_step_tokens(tmp_path / "whole") == [8 * (30 + 2 * k) for k in (5, 3, 2, 2, 1, 1, 1, 1)]
     assert whole["eval_loss"] > 0
+    # the short steps' tokens count at their own length's FLOPs: fewer than at the full length
+    flops = whole["model_flops_utilization"] * whole["peak_flops_per_second"] * whole["train_runtime"]
+    assert 0.5 * whole["tokens"] * whole["model_flops_per_token"] < flops < whole["tokens"] * whole["model_flops_per_token"]
     (tmp_path / "resumed" / "checkpoints").mkdir(parents=True)
     shutil.copytree(tmp_path / "whole" / "checkpoints" / "checkpoint-00000003",
                     tmp_path / "resumed" / "checkpoints" / "checkpoint-00000003")

@@ -535,6 +535,9 @@ def finish(run: Run) -> dict:
                "nonfinite_steps": loop.get("nonfinite_steps", 0), "ema_decay": run.config.training.ema_decay,
                "model_flops_utilization": (loop.get("flops", 0.0) / max(loop.get("device_seconds", 0.0), 1e-9)
                                            / run.peak_flops) if run.peak_flops else None,
+               # the ceiling that MFU divides by (on CPUs measured at the start of this process): a slow measurement
+               # overstates MFU, so it is kept beside it
+               "peak_flops_per_second": run.peak_flops or None,
                "output_dir": str(run.output_dir), **{k: v for k, v in run.last_eval.items() if k != "step"},
                "provenance": loop["provenance"], **adaptation_summary(run),
                **({"resizes": loop["resizes"]} if loop.get("resizes") else {})}
