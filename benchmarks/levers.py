@@ -44,7 +44,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from cram import EVALUATION_RECIPE, evaluate, run_recipe, shared_tokenizer  # noqa: E402  (the recipe, data and scoring of cram.py)
+from cram import EVALUATION_RECIPE, evaluate, percent, run_recipe, shared_tokenizer  # noqa: E402  (the recipe, data and scoring of cram.py)
 
 ELECTRA_RECIPE = yaml.safe_load((ROOT / "recipes" / "electra-cpu.yaml").read_text())
 ELECTRA_BACKBONE = ["model.model_type=electra",
@@ -154,7 +154,6 @@ def mean(values: list) -> float | None:
 
 def table(rows: list[dict]) -> str:
     """Each seed's row, then each arm's means over its seeds and their difference from cram-cpu's."""
-    percent = lambda value: "–" if value is None else f"{100 * value:.1f}"  # noqa: E731
     def spread(row: dict) -> str:  # the fine-tune seeds' (min-max)
         runs = row["scores"].get("finetune") or {}
         if "min" not in runs:
