@@ -1,10 +1,13 @@
-"""training.torch_compile: a compiled run trains the uncompiled run's losses (within fp32 reordering) and resumes
-exactly. Whether it pays is measured, not tested: docs/reports/2026-12-07-compile-on-cpu.md."""
+"""training.torch_compile: a compiled run trains the uncompiled run's losses (within fp32 reordering), exports the
+same weights under the same names, and resumes exactly. Whether it pays is measured, not tested:
+docs/reports/2026-12-07-compile-on-cpu.md."""
 
 import json
 import shutil
 
+import torch
 from conftest import tiny_overrides
+from safetensors.torch import load_file
 
 from sslnlp.config import PretrainConfig, load_config
 from sslnlp.training.loop import pretrain
@@ -33,6 +36,12 @@ def test_a_compiled_run_trains_the_uncompiled_losses_and_resumes_exactly(corpus_
     assert len(eager) == len(compiled) == 6
     print("largest relative difference of a step's loss", max(abs(a - b) / a for a, b in zip(eager, compiled)))
     assert all(abs(a - b) <= TOLERANCE * a for a, b in zip(eager, compiled)), (eager, compiled)
+    # The export is what probes, fine-tunes and the Hub read: a name the Auto classes do not know loads as random.
+    eager_weights = load_file(tmp_path / "eager" / "model.safetensors")
+    compiled_weights = load_file(tmp_path / "compiled" / "model.safetensors")
+    assert sorted(compiled_weights) == sorted(eager_weights)
+    assert all(torch.allclose(compiled_weights[name], eager_weights[name], rtol=1e-4, atol=1e-6)
+               for name in eager_weights)
     (tmp_path / "resumed" / "checkpoints").mkdir(parents=True)
     shutil.copytree(tmp_path / "compiled" / "checkpoints" / "checkpoint-00000003",
                     tmp_path / "resumed" / "checkpoints" / "checkpoint-00000003")

@@ -268,8 +268,10 @@ def set_up(config: PretrainConfig, accelerator) -> Run:
     optimizer = torch.optim.AdamW(parameter_groups(model, training.weight_decay), lr=training.learning_rate,
                                   betas=(training.adam_beta1, training.adam_beta2), eps=training.adam_epsilon,
                                   fused=accelerator.device.type in ("cuda", "cpu") or None)
+    # In place: torch.compile(model) wraps it, prefixing every weight's name with "_orig_mod." in the exported
+    # model (which then loads as random weights), the checkpoints and the averaged weights.
     if training.torch_compile:
-        model = torch.compile(model)
+        model.compile()
     model, optimizer = accelerator.prepare(model, optimizer)
 
     tokens_per_step = (training.per_device_train_batch_size * training.gradient_accumulation_steps
