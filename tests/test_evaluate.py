@@ -266,6 +266,31 @@ def test_probe_beats_random_twin_where_it_can_and_writes_the_table(pretrained, t
     assert again["tasks"]["order"]["probe"]["test"] == order["probe"]["test"]
 
 
+def test_weights_under_names_the_architecture_does_not_read_are_refused_not_scored_as_random(pretrained, tmp_path):
+    """transformers only warns when no weight matches (then scores random weights, quieted here): the export of a
+    torch.compile-wrapped model named every weight _orig_mod.* and probed at its random floor."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from sslnlp.models.modeling import ModelError
+
+    model_dir, tasks = pretrained
+    renamed = tmp_path / "renamed"
+    shutil.copytree(model_dir, renamed, ignore=shutil.ignore_patterns("checkpoints"))
+    weights = load_file(renamed / "model.safetensors")
+    save_file({f"_orig_mod.{name}": tensor for name, tensor in weights.items()}, renamed / "model.safetensors",
+              metadata={"format": "pt"})
+    entries = json.dumps([_task_dict(tasks["animacy"])])
+    config = load_config(EvaluateConfig, None, [f"model_name_or_path={renamed}", f"output_dir={tmp_path / 'eval'}",
+                                                f"tasks={entries}", "finetune.seeds=[0]"])
+    for evaluate in (probe, finetune):
+        with pytest.raises(ModelError, match=rf"model_name_or_path='{renamed}' has no weights under the names "
+                                             r"\w+ reads \(no [\w.]*word_embeddings.weight \(it holds _orig_mod\."):
+            evaluate(config)
+    assert not (tmp_path / "eval" / "results.json").exists()
+
+
 def test_probe_model_works_in_memory_restores_train_mode_and_caches_tokens(pretrained):
     from transformers import AutoModelForMaskedLM
 

@@ -24,9 +24,9 @@ import torch
 
 from sslnlp.runtime import make_accelerator
 from sslnlp.evaluation.loading import (
-    QuietLoading,
     load_checkpoint_tokenizer,
     load_model_config,
+    load_pretrained,
 )
 from sslnlp.config import EvaluateConfig, FinetuneOptions
 from sslnlp.evaluation.curves import baseline_curves, curve_sizes, run_curve
@@ -64,10 +64,8 @@ def load_classifier(config: EvaluateConfig, head_config, seed: int, random_weigh
     auto_class = AutoModelForTokenClassification if token_level else AutoModelForSequenceClassification
     if random_weights:
         return auto_class.from_config(head_config, trust_remote_code=config.trust_remote_code)
-    with QuietLoading():  # the classification head is new (and any LM head unused): expected
-        return auto_class.from_pretrained(
-            config.model_name_or_path, config=head_config, ignore_mismatched_sizes=True,
-            trust_remote_code=config.trust_remote_code)
+    # The classification head is new (and any LM head unused): expected.
+    return load_pretrained(auto_class, config, head_config, ignore_mismatched_sizes=True)
 
 
 def split_loader(columns: dict[str, list], head_config, options: FinetuneOptions, shuffle: bool, seed: int,

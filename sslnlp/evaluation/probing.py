@@ -31,10 +31,10 @@ import torch.nn.functional as F
 from sslnlp.files import atomic_path
 from sslnlp.runtime import make_accelerator
 from sslnlp.evaluation.loading import (
-    QuietLoading,
     checkpoint_identity,
     load_checkpoint_tokenizer,
     load_model_config,
+    load_pretrained,
     random_twin,
 )
 from sslnlp.config import EvaluateConfig, ProbeOptions, TaskConfig, build
@@ -326,9 +326,7 @@ def probe(config: EvaluateConfig) -> dict:
     accelerator = make_accelerator()
     model_config = load_model_config(config)
     tokenizer = load_checkpoint_tokenizer(config)
-    with QuietLoading():
-        encoder = AutoModel.from_pretrained(config.model_name_or_path, config=model_config,
-                                            trust_remote_code=config.trust_remote_code).to(accelerator.device)
+    encoder = load_pretrained(AutoModel, config, model_config).to(accelerator.device)
     logger.info("loaded the encoder of %s (any LM head unused)", config.model_name_or_path)
     twin = (random_twin(model_config, config.seed, AutoModel).to(accelerator.device)
             if config.random_baseline else None)
