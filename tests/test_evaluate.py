@@ -266,14 +266,18 @@ def test_probe_beats_random_twin_where_it_can_and_writes_the_table(pretrained, t
     assert again["tasks"]["order"]["probe"]["test"] == order["probe"]["test"]
 
 
-def test_weights_under_names_the_architecture_does_not_read_are_refused_not_scored_as_random(pretrained, tmp_path):
+def test_weights_under_names_the_architecture_does_not_read_are_refused_not_scored_as_random(
+        pretrained, corpus_file, tmp_path):
     """transformers only warns when no weight matches (then scores random weights, quieted here): the export of a
-    torch.compile-wrapped model named every weight _orig_mod.* and probed at its random floor."""
+    torch.compile-wrapped model named every weight _orig_mod.* and probed at its random floor. Continuing to
+    pretrain from such a checkpoint is refused the same way."""
     import shutil
 
     from safetensors.torch import load_file, save_file
 
+    from sslnlp.config import PretrainConfig
     from sslnlp.models.modeling import ModelError
+    from sslnlp.training.loop import pretrain
 
     model_dir, tasks = pretrained
     renamed = tmp_path / "renamed"
@@ -285,10 +289,16 @@ def test_weights_under_names_the_architecture_does_not_read_are_refused_not_scor
     config = load_config(EvaluateConfig, None, [f"model_name_or_path={renamed}", f"output_dir={tmp_path / 'eval'}",
                                                 f"tasks={entries}", "finetune.seeds=[0]"])
     for evaluate in (probe, finetune):
-        with pytest.raises(ModelError, match=rf"model_name_or_path='{renamed}' has no weights under the names "
+        with pytest.raises(ModelError, match=rf"^model_name_or_path='{renamed}' has no weights under the names "
                                              r"\w+ reads \(no [\w.]*word_embeddings.weight \(it holds _orig_mod\."):
             evaluate(config)
     assert not (tmp_path / "eval" / "results.json").exists()
+    with pytest.raises(ModelError, match=rf"^model.model_name_or_path='{renamed}' has no weights under "
+                                         r"the names \w+ reads"):
+        pretrain(load_config(PretrainConfig, None, [
+            f"output_dir={tmp_path / 'continued'}", f"model.model_name_or_path={renamed}",
+            f"data.train_files={corpus_file}", "data.max_seq_length=32", "training.max_steps=2",
+            "training.mixed_precision='no'"]))
 
 
 def test_probe_model_works_in_memory_restores_train_mode_and_caches_tokens(pretrained):

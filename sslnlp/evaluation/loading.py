@@ -29,26 +29,15 @@ class QuietLoading:
 
 def load_pretrained(auto_class, config: EvaluateConfig, model_config, **kwargs):
     """``auto_class`` (the encoder, or it under a new classification head: ``model_config``) from the checkpoint's
-    weights, quietly; a one-line ModelError when the checkpoint's names miss the architecture's word embeddings,
-    where transformers would only warn and go on with random weights (an export of a torch.compile-wrapped model
-    names them _orig_mod.*)."""
-    from sslnlp.models.modeling import ModelError
+    weights, quietly; refused in one line when the checkpoint's names are not the ones it reads
+    (``refuse_unread_checkpoint``), where transformers would only warn and score random weights."""
+    from sslnlp.models.modeling import refuse_unread_checkpoint
 
     with QuietLoading():
         model, loading = auto_class.from_pretrained(config.model_name_or_path, config=model_config,
                                                     output_loading_info=True,
                                                     trust_remote_code=config.trust_remote_code, **kwargs)
-    try:
-        embeddings = model.get_input_embeddings().weight
-    except (AttributeError, NotImplementedError):  # remote code without the accessor: transformers' report only
-        return model
-    name = next((name for name, parameter in model.named_parameters() if parameter is embeddings), None)
-    if name in loading.get("missing_keys", ()):
-        unexpected = sorted(loading.get("unexpected_keys", ()))
-        found = f" (it holds {', '.join(unexpected[:2])}, ...)" if unexpected else ""
-        raise ModelError(f"model_name_or_path={config.model_name_or_path!r} has no weights under the names "
-                         f"{type(model).__name__} reads (no {name}{found}): evaluating it would score random "
-                         "weights; re-export it with save_pretrained from the unwrapped model")
+    refuse_unread_checkpoint(model, loading, "model_name_or_path", config.model_name_or_path)
     return model
 
 

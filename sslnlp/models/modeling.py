@@ -150,6 +150,25 @@ def model_inputs(model, batch: dict) -> dict:
     return inputs
 
 
+def refuse_unread_checkpoint(model, loading: dict, key: str, name_or_path: str) -> None:
+    """A one-line ModelError when the checkpoint ``model`` was loaded from (``loading``: from_pretrained's
+    output_loading_info) has no weight under the name of the architecture's word embeddings: its names are not the
+    ones ``model`` reads (e.g. an export of a torch.compile-wrapped model, all named _orig_mod.*), and transformers
+    would only warn and go on with random weights. ``key`` names the setting that gave ``name_or_path``.
+    Architectures without the accessor (remote code) are let through."""
+    try:
+        embeddings = model.get_input_embeddings().weight
+    except (AttributeError, NotImplementedError):
+        return
+    name = next((name for name, parameter in model.named_parameters() if parameter is embeddings), None)
+    if name in loading.get("missing_keys", ()):
+        unexpected = sorted(loading.get("unexpected_keys", ()))
+        found = f" (it holds {', '.join(unexpected[:2])}, ...)" if unexpected else ""
+        raise ModelError(f"{key}={name_or_path!r} has no weights under the names {type(model).__name__} "
+                         f"reads (no {name}{found}): using it would start from random weights; re-export it with "
+                         "save_pretrained from the unwrapped model")
+
+
 def build_model(model_options, config, auto, head: str | None = None, **from_pretrained):
     """Instantiate ``auto`` (an Auto class such as AutoModelForMaskedLM) from ``config`` (random init) or from the
     checkpoint's weights.
@@ -164,6 +183,7 @@ def build_model(model_options, config, auto, head: str | None = None, **from_pre
     model, loading = auto.from_pretrained(model_options.model_name_or_path, config=config, output_loading_info=True,
                                           trust_remote_code=model_options.trust_remote_code, **kwargs,
                                           **from_pretrained)
+    refuse_unread_checkpoint(model, loading, "model.model_name_or_path", model_options.model_name_or_path)
     fresh = sorted(set(loading.get("missing_keys", ())) | {key for key, *_ in loading.get("mismatched_keys", ())})
     if fresh and head:
         shown = ", ".join(fresh[:3]) + (f" and {len(fresh) - 3} more" if len(fresh) > 3 else "")
