@@ -5,7 +5,7 @@ against recipes/cram-cpu.yaml at the same CPU budget, every arm with two seeds.
     python benchmarks/levers.py --only cram-cpu electra-modernbert       # some arms (names below)
     python benchmarks/levers.py --budget 240 --seeds 42  # a short pass (ablations)
     python benchmarks/levers.py --electra-ablate --budget 240            # ELECTRA-on-ModernBERT lr / warmup / temperature
-    python benchmarks/levers.py --combine weight-averaging sequence-warmup   # the best combination, as one more arm
+    python benchmarks/levers.py --only best --combine compile sequence-warmup   # a combination, as the arm "best"
     python benchmarks/levers.py --table                  # the table of every arm and seed finished so far
 
 TEAM-LOCAL: trains on ../shared/corpora/train.jsonl.xz and scores on wordnet_supersense exactly as benchmarks/cram.py
@@ -27,6 +27,8 @@ The arms (dotted overrides of recipes/cram-cpu.yaml):
   batch-ramp            + the global batch of 32 grown from a quarter over the first half (8 x 1..4 micro-batches)
   sequence-warmup       + blocks from 32 tokens to 128 over the first 30%
   compile               + training.torch_compile
+  best                  the overrides of the arms named by --combine, together (trained: compile and
+                        sequence-warmup, the two levers with the best means)
 """
 
 from __future__ import annotations
@@ -215,7 +217,9 @@ def main() -> None:
     for name in chosen:
         for seed in arguments.seeds:
             arm_run(output, name, seed, arguments.budget, tokenizer, arms[name], not arguments.skip_finetune)
-    text = table(finished_rows(output, list(arms), arguments.seeds))  # this invocation's arms, every seed found
+    # This invocation's arms, every seed found, and a combination trained before ("best") without --combine now.
+    shown = list(arms) if "best" in arms or arguments.electra_ablate else [*arms, "best"]
+    text = table(finished_rows(output, shown, arguments.seeds))
     (output / ("electra-ablation.md" if arguments.electra_ablate else "levers.md")).write_text(text + "\n")
     print(text)
 

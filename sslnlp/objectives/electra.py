@@ -26,7 +26,6 @@ tokens and the discriminator, the model we keep, says for every token whether it
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 from dataclasses import dataclass
