@@ -28,7 +28,7 @@ The arms (dotted overrides of recipes/cram-cpu.yaml):
   sequence-warmup       + blocks from 32 tokens to 128 over the first 30%
   compile               + training.torch_compile
   best                  the overrides of the arms named by --combine, together (trained: compile and
-                        sequence-warmup, the two levers with the best means)
+                        sequence-warmup, the two levers with the best mean probes)
 """
 
 from __future__ import annotations
