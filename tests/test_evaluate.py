@@ -293,12 +293,15 @@ def test_weights_under_names_the_architecture_does_not_read_are_refused_not_scor
                                              r"\w+ reads \(no [\w.]*word_embeddings.weight \(it holds _orig_mod\."):
             evaluate(config)
     assert not (tmp_path / "eval" / "results.json").exists()
-    with pytest.raises(ModelError, match=rf"^model.model_name_or_path='{renamed}' has no weights under "
-                                         r"the names \w+ reads"):
-        pretrain(load_config(PretrainConfig, None, [
-            f"output_dir={tmp_path / 'continued'}", f"model.model_name_or_path={renamed}",
-            f"data.train_files={corpus_file}", "data.max_seq_length=32", "training.max_steps=2",
-            "training.mixed_precision='no'"]))
+    # Vocabulary extension loads the checkpoint itself: it would re-save random weights under the right names.
+    for extension in ([], ["tokenizer.extend_vocabulary=8"]):
+        with pytest.raises(ModelError, match=rf"^model.model_name_or_path='{renamed}' has no weights under "
+                                             r"the names \w+ reads"):
+            pretrain(load_config(PretrainConfig, None, [
+                f"output_dir={tmp_path / 'continued'}", f"model.model_name_or_path={renamed}",
+                f"data.train_files={corpus_file}", "data.max_seq_length=32", "training.max_steps=2",
+                "training.mixed_precision='no'", *extension]))
+        assert not (tmp_path / "continued" / "extended-start").exists()
 
 
 def test_probe_model_works_in_memory_restores_train_mode_and_caches_tokens(pretrained):

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from sslnlp.data.vocabulary import Extension, save_extension
+from sslnlp.models.modeling import refuse_unread_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,9 @@ def extend_embeddings(model, pieces: dict[int, list[int]], pad_to_multiple_of: i
 
 
 def load_with_heads(name_or_path: str, trust_remote_code: bool = False, subfolder: str = ""):
-    """A checkpoint as the class it was saved as (config.architectures: its heads included)."""
+    """A checkpoint as the class it was saved as (config.architectures: its heads included); refused in one line when
+    its names are not the ones that class reads (``refuse_unread_checkpoint``): extending it would save random
+    weights under the right names, which continued pretraining would then accept."""
     import transformers
 
     config = transformers.AutoConfig.from_pretrained(name_or_path, subfolder=subfolder,
@@ -56,7 +59,10 @@ def load_with_heads(name_or_path: str, trust_remote_code: bool = False, subfolde
     model_class = getattr(transformers, architectures[0], None) if architectures else None
     if model_class is None:
         model_class = transformers.AutoModel
-    return model_class.from_pretrained(name_or_path, subfolder=subfolder, trust_remote_code=trust_remote_code)
+    model, loading = model_class.from_pretrained(name_or_path, subfolder=subfolder, trust_remote_code=trust_remote_code,
+                                                 output_loading_info=True)
+    refuse_unread_checkpoint(model, loading, "model.model_name_or_path", name_or_path)
+    return model
 
 
 def extend_checkpoint(name_or_path: str, extension: Extension, folder: str | os.PathLike, *,
